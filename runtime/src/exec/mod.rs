@@ -70,6 +70,17 @@ impl Graph {
         Ok(Self { validated: validate(&spec, &map, registry)? })
     }
 
+    /// Like [`Graph::from_yaml`], with `${VAR}` values from `lookup` instead of the environment.
+    pub fn from_yaml_with(
+        file: &str,
+        text: &str,
+        registry: &Registry,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ValidationErrors> {
+        let (spec, map) = crate::spec::parse_str_with(file, text, lookup)?;
+        Ok(Self { validated: validate(&spec, &map, registry)? })
+    }
+
     pub fn validated(&self) -> &ValidatedGraph {
         &self.validated
     }

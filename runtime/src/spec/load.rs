@@ -71,8 +71,67 @@ impl SourceMap {
     }
 }
 
-/// Parses dataflow YAML text. `file` is used in error messages.
+/// Replaces `${NAME}` and `${NAME:-default}` with environment variables, so one dataflow file can point at
+/// different data or devices. An unset variable without a default is an error naming it and its line.
+pub fn substitute_env(file: &str, text: &str) -> Result<String, ValidationErrors> {
+    substitute_vars(file, text, &|name| std::env::var(name).ok())
+}
+
+/// [`substitute_env`] with another source of values (e.g. a map given by an embedding program).
+pub fn substitute_vars(
+    file: &str,
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ValidationErrors> {
+    let mut out = String::with_capacity(text.len());
+    let mut errors = Vec::new();
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let Some(len) = rest[start..].find('}') else {
+                out.push_str(&rest[start..]);
+                rest = "";
+                break;
+            };
+            let inner = &rest[start + 2..start + len];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            match (lookup(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => errors.push(ValidationError {
+                    file: file.to_string(),
+                    line: Some(i + 1),
+                    node: None,
+                    port: None,
+                    field: None,
+                    message: format!(
+                        "environment variable `{name}` is not set (write `${{{name}:-default}}` to give a default)"
+                    ),
+                }),
+            }
+            rest = &rest[start + len + 1..];
+        }
+        out.push_str(rest);
+    }
+    if errors.is_empty() { Ok(out) } else { Err(ValidationErrors(errors)) }
+}
+
+/// Parses dataflow YAML text (after `${VAR}` substitution from the environment). `file` is used in errors.
 pub fn parse_str(file: &str, text: &str) -> Result<(DataflowSpec, SourceMap), ValidationErrors> {
+    parse_str_with(file, text, &|name| std::env::var(name).ok())
+}
+
+/// [`parse_str`] with `${VAR}` values from `lookup` instead of the environment.
+pub fn parse_str_with(
+    file: &str,
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(DataflowSpec, SourceMap), ValidationErrors> {
+    let text = &substitute_vars(file, text, lookup)?;
     let map = SourceMap::new(file, text);
     match serde_yaml::from_str::<DataflowSpec>(text) {
         Ok(spec) => Ok((spec, map)),
@@ -127,5 +186,18 @@ mod tests {
         assert_eq!(map.key_line("b", "kind"), Some(6));
         assert_eq!(map.key_line("b", "in"), Some(9));
         assert_eq!(map.key_line("a", "in"), None);
+    }
+
+    #[test]
+    fn environment_variables_are_substituted_with_defaults() {
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("PERCEPTIO_TEST_DATA", "/data") };
+        let text = "a: ${PERCEPTIO_TEST_DATA}/x\nb: ${PERCEPTIO_TEST_UNSET:-fallback}\n";
+        assert_eq!(substitute_env("f.yaml", text).unwrap(), "a: /data/x\nb: fallback\n");
+        let err = substitute_env("f.yaml", "x: 1\ny: ${PERCEPTIO_TEST_UNSET}\n").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "f.yaml:2: environment variable `PERCEPTIO_TEST_UNSET` is not set (write `${PERCEPTIO_TEST_UNSET:-default}` to give a default)"
+        );
     }
 }

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use device::DeviceSpec;
-pub use load::{SourceMap, load_file, parse_str};
+pub use load::{SourceMap, load_file, parse_str, parse_str_with, substitute_env, substitute_vars};
 pub use validate::{ValidatedGraph, ValidationError, ValidationErrors, validate};
 
 /// A dataflow: named nodes and the edges between their ports.

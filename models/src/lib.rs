@@ -1,0 +1,15 @@
+//! burn modules of the Perceptio model family. Pure model code: no actors, no dataflow.
+//!
+//! - `vision`: InternViT image encoder, pixel shuffle and MLP projector.
+//! - `llm`: Qwen2-style decoder (KV cache, LoRA, vocabulary extension).
+//! - `weights`: safetensors loading/saving and checkpoint key tables.
+//! - `sam2`: SAM2 image encoder, prompt encoder, mask decoder.
+//! - `depth`: depth VQ-VAE tokenizer and the Depth Anything V2 teacher.
+
+pub mod depth;
+pub mod internvl;
+pub mod llm;
+pub mod sam2;
+pub mod tokenizer;
+pub mod vision;
+pub mod weights;

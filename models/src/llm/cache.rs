@@ -1,0 +1,95 @@
+//! KV cache for incremental decoding of a batch of sequences of different lengths.
+//!
+//! Convention: batches are **left-padded**. Every sequence occupies the same number of cache
+//! slots; slots holding padding are recorded in `pad` and masked out as keys. Position ids
+//! count only real tokens, so a padded sequence sees exactly the positions it would see alone.
+
+use burn::prelude::*;
+
+/// Keys and values of every layer, plus which slots are padding.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    /// Per layer: keys and values `[batch, kv_heads, slots, head_dim]`.
+    pub(crate) layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// `[batch][slots]`: true where the slot holds padding.
+    pub(crate) pad: Vec<Vec<bool>>,
+    /// `[batch]`: real tokens seen so far (the next position id).
+    pub(crate) next_pos: Vec<usize>,
+}
+
+impl KvCache {
+    /// An empty cache for `batch` sequences and `num_layers` layers.
+    pub fn new(num_layers: usize, batch: usize) -> Self {
+        Self { layers: vec![None; num_layers], pad: vec![Vec::new(); batch], next_pos: vec![0; batch] }
+    }
+
+    /// Batch size.
+    pub fn batch(&self) -> usize {
+        self.pad.len()
+    }
+
+    /// Slots used per sequence (real tokens + padding).
+    pub fn slots(&self) -> usize {
+        self.pad.first().map_or(0, |p| p.len())
+    }
+
+    /// Real tokens cached for sequence `i`.
+    pub fn seq_len(&self, i: usize) -> usize {
+        self.next_pos[i]
+    }
+
+    /// Records `new_pad` (`[batch][new]`) and returns the position ids of the new tokens and
+    /// the additive attention bias `[batch, 1, new, slots + new]` (0 = visible, -1e30 =
+    /// masked: future slots and padding; a padding query sees itself so no row is empty).
+    pub(crate) fn advance(&mut self, new_pad: &[Vec<bool>], device: &Device) -> (Vec<Vec<usize>>, Tensor<4>) {
+        let b = self.batch();
+        let s = new_pad.first().map_or(0, |p| p.len());
+        let past = self.slots();
+        let t = past + s;
+        let mut positions = Vec::with_capacity(b);
+        let mut bias = Vec::with_capacity(b * s * t);
+        for (i, pads) in new_pad.iter().enumerate() {
+            let mut row_pos = Vec::with_capacity(s);
+            for &p in pads {
+                row_pos.push(self.next_pos[i]);
+                if !p {
+                    self.next_pos[i] += 1;
+                }
+            }
+            positions.push(row_pos);
+            self.pad[i].extend_from_slice(pads);
+            for q in 0..s {
+                let qs = past + q;
+                for k in 0..t {
+                    let visible = k <= qs && (!self.pad[i][k] || k == qs);
+                    bias.push(if visible { 0.0f32 } else { -1e30 });
+                }
+            }
+        }
+        let bias = Tensor::<4>::from_data(TensorData::new(bias, [b, 1, s, t]), device); // [b, 1, s, t]
+        (positions, bias)
+    }
+
+    /// Appends this step's keys/values of `layer` and returns the full ones.
+    pub(crate) fn update(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let (k, v) = match self.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)), // [b, kv, t, hd]
+            None => (k, v),
+        };
+        self.layers[layer] = Some((k.clone(), v.clone()));
+        (k, v)
+    }
+
+    /// Keeps only the sequences at `keep` (in that order), e.g. to drop finished ones.
+    pub fn retain(&mut self, keep: &[usize]) {
+        let idx: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let device = k.device();
+            let index = Tensor::<1, Int>::from_data(TensorData::new(idx.clone(), [idx.len()]), &device);
+            *k = k.clone().select(0, index.clone());
+            *v = v.clone().select(0, index);
+        }
+        self.pad = keep.iter().map(|&i| self.pad[i].clone()).collect();
+        self.next_pos = keep.iter().map(|&i| self.next_pos[i]).collect();
+    }
+}

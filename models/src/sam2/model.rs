@@ -1,0 +1,215 @@
+//! The SAM2 model: Hiera + FPN image encoder, prompt encoder and mask decoder (`Sam2Model` in
+//! transformers); image embeddings with the high-resolution skip features, prompted mask prediction,
+//! preprocessing (resize to the model size, ImageNet normalisation) and mask upsampling; loading
+//! from transformers-native or original (Sa2VA `grounding_encoder.sam2_model.*`) checkpoints.
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Device, Tensor};
+
+use super::config::Sam2Config;
+use super::decoder::{MaskDecoder, MaskOutput};
+use super::error::Sam2Error;
+use super::hiera::Hiera;
+use super::keys;
+use super::neck::FpnNeck;
+use super::prompt::{PositionalEmbedding, PromptEncoder, Prompts};
+use crate::weights::{Checkpoint, LoadReport, load_module};
+
+/// ImageNet mean (SAM2 preprocessing).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet std.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// `vision_encoder`.
+#[derive(Module, Debug)]
+pub struct VisionEncoder {
+    pub backbone: Hiera,
+    pub neck: FpnNeck,
+}
+
+/// `Sam2Model`.
+#[derive(Module, Debug)]
+pub struct Sam2 {
+    pub shared_image_embedding: PositionalEmbedding,
+    pub vision_encoder: VisionEncoder,
+    pub prompt_encoder: PromptEncoder,
+    pub mask_decoder: MaskDecoder,
+    pub no_memory_embedding: Param<Tensor<3>>,
+    pub image_size: usize,
+}
+
+/// Image features the decoder needs, computed once per image.
+#[derive(Debug, Clone)]
+pub struct ImageEmbeddings {
+    /// `conv_s0(fpn_0)` `[B, C/8, 4e, 4e]`.
+    pub feat_s0: Tensor<4>,
+    /// `conv_s1(fpn_1)` `[B, C/4, 2e, 2e]`.
+    pub feat_s1: Tensor<4>,
+    /// `fpn_2 + no_memory_embedding` `[B, C, e, e]`.
+    pub embedding: Tensor<4>,
+}
+
+impl Sam2Config {
+    /// Builds the model with fresh weights.
+    pub fn init(&self, device: &Device) -> Result<Sam2, Sam2Error> {
+        self.validate()?;
+        let c = self.mask_decoder_config.hidden_size;
+        Ok(Sam2 {
+            shared_image_embedding: PositionalEmbedding::new(c, device),
+            vision_encoder: VisionEncoder {
+                backbone: self.vision_config.backbone_config.init(device),
+                neck: FpnNeck::new(&self.vision_config, device),
+            },
+            prompt_encoder: PromptEncoder::new(&self.prompt_encoder_config, device),
+            mask_decoder: MaskDecoder::new(&self.mask_decoder_config, device),
+            no_memory_embedding: Param::from_tensor(Tensor::zeros([1, 1, c], device)),
+            image_size: self.image_size(),
+        })
+    }
+}
+
+impl Sam2 {
+    /// Hiera stage outputs `[B, H_i, W_i, C_i]` and the three finest FPN maps `[B, C, H_i, W_i]` (finest first,
+    /// levels), for inspection and parity tests.
+    pub fn multi_scale(&self, pixels: Tensor<4>) -> (Vec<Tensor<4>>, Vec<Tensor<4>>) {
+        let stages = self.vision_encoder.backbone.forward(pixels);
+        let fpn = self.vision_encoder.neck.forward(stages.clone());
+        (stages, fpn.into_iter().take(3).collect())
+    }
+
+    /// Normalised pixels `[B, 3, S, S]` -> image embeddings.
+    pub fn image_embeddings(&self, pixels: Tensor<4>) -> Result<ImageEmbeddings, Sam2Error> {
+        let [_, ch, h, w] = pixels.dims();
+        if ch != 3 || h != self.image_size || w != self.image_size {
+            return Err(Sam2Error::Shape {
+                what: "pixel values",
+                expected: format!("[B, 3, {0}, {0}]", self.image_size),
+                got: format!("{:?}", pixels.dims()),
+            });
+        }
+        let (_, fpn) = self.multi_scale(pixels);
+        let mut it = fpn.into_iter();
+        let (f0, f1, f2) = match (it.next(), it.next(), it.next()) {
+            (Some(a), Some(b), Some(c)) => (a, b, c),
+            _ => {
+                return Err(Sam2Error::Config {
+                    field: "vision_config.backbone_channel_list",
+                    reason: "fewer than three FPN levels".into(),
+                });
+            }
+        };
+        let c = f2.dims()[1];
+        let no_mem = self.no_memory_embedding.val().reshape([1, c, 1, 1]);
+        Ok(ImageEmbeddings {
+            feat_s0: self.mask_decoder.conv_s0.forward(f0),
+            feat_s1: self.mask_decoder.conv_s1.forward(f1),
+            embedding: f2 + no_mem,
+        })
+    }
+
+    /// Dense positional embedding of the image grid `[1, C, e, e]`.
+    pub fn image_positional_embeddings(&self) -> Tensor<4> {
+        let e = self.prompt_encoder.embedding_size;
+        let device = self.no_memory_embedding.device();
+        let coords: Vec<f32> = (0..e)
+            .flat_map(|y| (0..e).flat_map(move |x| [(x as f32 + 0.5) / e as f32, (y as f32 + 0.5) / e as f32]))
+            .collect();
+        let grid = Tensor::<1>::from_data(coords.as_slice(), &device).reshape([e, e, 2]); // [e, e, 2]
+        let pe = self.shared_image_embedding.forward(grid); // [e, e, C]
+        let c = pe.dims()[2];
+        pe.permute([2, 0, 1]).reshape([1, c, e, e]) // [1, C, e, e]
+    }
+
+    /// Prompted masks for precomputed image embeddings. With no point, box or external sparse
+    /// prompt, a single not-a-point is used (as transformers does).
+    pub fn predict(
+        &self,
+        image: &ImageEmbeddings,
+        prompts: &Prompts,
+        multimask: bool,
+    ) -> Result<MaskOutput, Sam2Error> {
+        let b = image.embedding.dims()[0];
+        let device = image.embedding.device();
+        let mut prompts = prompts.clone();
+        if prompts.points.is_none() && prompts.boxes.is_none() && prompts.sparse.is_none() {
+            prompts.points = Some((Tensor::zeros([b, 1, 1, 2], &device), Tensor::full([b, 1, 1], -1.0, &device)));
+        }
+        let e = self.prompt_encoder.embedding_size;
+        if let Some(m) = &prompts.masks
+            && m.dims()[1..] != [1, 4 * e, 4 * e]
+        {
+            return Err(Sam2Error::Shape {
+                what: "mask prompt",
+                expected: format!("[B, 1, {0}, {0}]", 4 * e),
+                got: format!("{:?}", m.dims()),
+            });
+        }
+        let (sparse, dense) = self.prompt_encoder.forward(&prompts, b);
+        if let Some(s) = &sparse
+            && (s.dims()[0] != b || s.dims()[3] != self.prompt_encoder.hidden_size)
+        {
+            return Err(Sam2Error::Shape {
+                what: "sparse prompt",
+                expected: format!("[{b}, P, T, {}]", self.prompt_encoder.hidden_size),
+                got: format!("{:?}", s.dims()),
+            });
+        }
+        Ok(self.mask_decoder.forward(
+            image.embedding.clone(),
+            self.image_positional_embeddings(),
+            sparse,
+            dense,
+            (image.feat_s0.clone(), image.feat_s1.clone()),
+            multimask,
+        ))
+    }
+
+    /// Loads `config.json` + safetensors from a transformers `Sam2Model` checkpoint directory, or
+    /// an original-layout SAM2 checkpoint (optionally under a prefix such as Sa2VA's
+    /// `grounding_encoder.sam2_model.`) given its config.
+    pub fn from_checkpoint(dir: &Path, device: &Device) -> Result<(Self, LoadReport), Sam2Error> {
+        let cfg = Sam2Config::from_json_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir).map_err(weights_err)?;
+        Self::load(&cfg, &ckpt, device)
+    }
+
+    /// Loads weights from an opened checkpoint, detecting its layout.
+    pub fn load(cfg: &Sam2Config, ckpt: &Checkpoint, device: &Device) -> Result<(Self, LoadReport), Sam2Error> {
+        let mut model = cfg.init(device)?;
+        let (table, options) = keys::table_for(ckpt, cfg)?;
+        let report = load_module(&mut model, ckpt, &table, &options).map_err(weights_err)?;
+        if let keys::Layout::Original { prefix } = keys::detect(ckpt)? {
+            model = keys::patch_original(model, ckpt, &prefix)?;
+        }
+        Ok((model, report))
+    }
+}
+
+pub(crate) fn weights_err(e: crate::weights::WeightsError) -> Sam2Error {
+    Sam2Error::Weights(e.to_string())
+}
+
+/// SAM2 preprocessing: `[3, H, W]` RGB in [0, 1] -> bilinear resize to `size x size` -> ImageNet
+/// normalisation -> `[1, 3, size, size]`.
+pub fn preprocess(rgb: Tensor<3>, size: usize) -> Tensor<4> {
+    let device = rgb.device();
+    let x = interpolate(
+        rgb.unsqueeze_dim::<4>(0),
+        InterpolateOptions::new(InterpolateMode::Bilinear).with_output_size([size, size]).with_align_corners(false),
+    ); // [1, 3, S, S]
+    let mean = Tensor::<1>::from_data(IMAGENET_MEAN.as_slice(), &device).reshape([1, 3, 1, 1]);
+    let std = Tensor::<1>::from_data(IMAGENET_STD.as_slice(), &device).reshape([1, 3, 1, 1]);
+    (x - mean) / std
+}
+
+/// Bilinear upsampling of low-resolution mask logits `[B, M, h, w]` to `[B, M, H, W]`.
+pub fn upsample_masks(masks: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
+    interpolate(
+        masks,
+        InterpolateOptions::new(InterpolateMode::Bilinear).with_output_size(size).with_align_corners(false),
+    )
+}

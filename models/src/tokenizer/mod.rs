@@ -1,0 +1,91 @@
+//! Text tokenizer (`tokenizer.json` through the `tokenizers` crate) and the InternVL2.5 chat
+//! template (Qwen variant).
+
+use std::path::{Path, PathBuf};
+
+/// Errors of the tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{path}: cannot load tokenizer: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("encoding {text:?}: {message}")]
+    Encode { text: String, message: String },
+    #[error("decoding {n} ids: {message}")]
+    Decode { n: usize, message: String },
+}
+
+/// A HuggingFace `tokenizer.json` tokenizer.
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer").field("vocab_size", &self.inner.get_vocab_size(true)).finish()
+    }
+}
+
+/// Image start / context / end markers of InternVL.
+pub const IMG_START: &str = "<img>";
+pub const IMG_CONTEXT: &str = "<IMG_CONTEXT>";
+pub const IMG_END: &str = "</img>";
+/// End of a chat turn (the stop token of generation).
+pub const IM_END: &str = "<|im_end|>";
+
+impl TextTokenizer {
+    /// Loads a `tokenizer.json` file, or the one in a checkpoint folder.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
+        let mut path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            path = path.join("tokenizer.json");
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| TokenizerError::Load { path: path.clone(), message: e.to_string() })?;
+        Ok(Self { inner })
+    }
+
+    /// Ids of `text` (special tokens in the text are recognised; nothing is added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Encode { text: text.chars().take(80).collect(), message: e.to_string() })
+    }
+
+    /// Text of `ids`.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| TokenizerError::Decode { n: ids.len(), message: e.to_string() })
+    }
+
+    /// Id of a token (including added/special tokens).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+/// InternVL2.5 chat prompt (Qwen variant), one user turn:
+/// `<|im_start|>user\n<img>` + `<IMG_CONTEXT>` x `image_tokens` + `</img>\n{question}<|im_end|>\n<|im_start|>assistant\n`.
+/// With `image_tokens = 0` the image block is left out; `system` adds a system turn first.
+pub fn chat_prompt(question: &str, image_tokens: usize, system: Option<&str>) -> String {
+    let mut s = String::new();
+    if let Some(sys) = system {
+        s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
+    }
+    s.push_str("<|im_start|>user\n");
+    if image_tokens > 0 {
+        s.push_str(IMG_START);
+        s.push_str(&IMG_CONTEXT.repeat(image_tokens));
+        s.push_str(IMG_END);
+        s.push('\n');
+    }
+    s.push_str(question);
+    s.push_str("<|im_end|>\n<|im_start|>assistant\n");
+    s
+}

@@ -1,0 +1,9 @@
+//! The `perceptio` command line: one module per subcommand.
+
+pub mod dataflow;
+pub mod demo;
+pub mod depth;
+pub mod generate;
+pub mod segment;
+pub mod synth;
+pub mod train_vqvae;

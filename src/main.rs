@@ -1,0 +1,85 @@
+//! The `perceptio` command line.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cli::{dataflow, demo, depth, generate, segment, synth, train_vqvae};
+
+/// perceptio trains and serves perception-enhanced vision-language models as a backpressured actor dataflow.
+#[derive(Parser, Debug)]
+#[command(name = "perceptio", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a dataflow file, with a progress bar and a summary at the end.
+    Run(dataflow::RunArgs),
+    /// Check dataflow files without running them.
+    Validate(dataflow::ValidateArgs),
+    /// Print a dataflow's graph (outline, or Graphviz with --dot).
+    Graph(dataflow::GraphArgs),
+    /// List the node kinds a dataflow may use.
+    Kinds,
+    /// Print the JSON Schema of dataflow files.
+    Schema(dataflow::SchemaArgs),
+    /// The main job on the embedded default: render the synthetic world, replay it through the graph, report.
+    Demo(demo::DemoArgs),
+    /// Write the synthetic spatial world as parquet (or contact sheets with --preview).
+    Synth(synth::SynthArgs),
+    /// Run an InternVL or Qwen2 checkpoint folder on a prompt (and optionally an image).
+    Generate(generate::GenerateArgs),
+    /// Segment an image with a SAM2 checkpoint from point or box prompts.
+    Segment(segment::SegmentArgs),
+    /// Predict a depth map with a Depth Anything V2 checkpoint.
+    Depth(depth::DepthArgs),
+    /// Train the depth VQ-VAE tokenizer.
+    TrainVqvae(train_vqvae::TrainVqvaeArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".parse().expect("valid")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(args) => tokio_main(dataflow::run(args)),
+        Command::Validate(args) => dataflow::validate(args),
+        Command::Graph(args) => dataflow::graph(args),
+        Command::Kinds => dataflow::kinds(),
+        Command::Schema(args) => dataflow::schema(args),
+        Command::Demo(args) => tokio_main(demo::run(args)),
+        Command::Synth(args) => synth::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Segment(args) => segment::run(args),
+        Command::Depth(args) => depth::run(args),
+        Command::TrainVqvae(args) => train_vqvae::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<dataflow::Reported>() {
+            Some(r) => {
+                if r.code != 2 || !matches!(cli.command, Command::Validate(_)) {
+                    eprintln!("error: {}", r.message);
+                }
+                ExitCode::from(r.code)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn tokio_main(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(fut)
+}

@@ -1,0 +1,299 @@
+//! Evaluation metrics other crates use: referring segmentation (cIoU = sum of intersections / sum of unions, a
+//! missing prediction counting as an empty mask; mean IoU; precision@0.5), point-question accuracy per point
+//! count, exact-match and normalised answer accuracy, and depth errors (AbsRel, delta < 1.25, relative-order
+//! accuracy on pixel pairs).
+
+use std::collections::BTreeMap;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::SynthError;
+
+fn same_len(what: &str, a: usize, b: usize) -> Result<(), SynthError> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(SynthError::Invalid { what: what.to_string(), message: format!("prediction has {a} pixels, truth {b}") })
+    }
+}
+
+/// Intersection and union pixel counts; a missing prediction is an empty mask.
+pub fn intersection_union(pred: Option<&[bool]>, gt: &[bool]) -> Result<(u64, u64), SynthError> {
+    match pred {
+        None => Ok((0, gt.iter().filter(|&&g| g).count() as u64)),
+        Some(p) => {
+            same_len("mask", p.len(), gt.len())?;
+            let (mut i, mut u) = (0u64, 0u64);
+            for (&a, &b) in p.iter().zip(gt) {
+                i += u64::from(a && b);
+                u += u64::from(a || b);
+            }
+            Ok((i, u))
+        }
+    }
+}
+
+/// Referring-segmentation accumulator.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MaskMetrics {
+    pub intersection: u64,
+    pub union: u64,
+    pub samples: u64,
+    /// Samples without a prediction (counted as empty masks).
+    pub missing: u64,
+    iou_sum: f64,
+    at_half: u64,
+}
+
+impl MaskMetrics {
+    /// Add one sample; returns its IoU (1 when both masks are empty).
+    pub fn add(&mut self, pred: Option<&[bool]>, gt: &[bool]) -> Result<f64, SynthError> {
+        let (i, u) = intersection_union(pred, gt)?;
+        let iou = if u == 0 { 1.0 } else { i as f64 / u as f64 };
+        self.intersection += i;
+        self.union += u;
+        self.samples += 1;
+        self.missing += u64::from(pred.is_none());
+        self.iou_sum += iou;
+        self.at_half += u64::from(iou >= 0.5);
+        Ok(iou)
+    }
+    /// Sum of intersections over sum of unions.
+    pub fn ciou(&self) -> f64 {
+        if self.union == 0 { 0.0 } else { self.intersection as f64 / self.union as f64 }
+    }
+    pub fn mean_iou(&self) -> f64 {
+        if self.samples == 0 { 0.0 } else { self.iou_sum / self.samples as f64 }
+    }
+    /// Share of samples with IoU >= 0.5.
+    pub fn precision_at_half(&self) -> f64 {
+        if self.samples == 0 { 0.0 } else { self.at_half as f64 / self.samples as f64 }
+    }
+}
+
+/// The letter a point-question answer names: the first "(X)", else the first standalone letter A-E.
+pub fn extract_choice(text: &str) -> Option<char> {
+    let b: Vec<char> = text.chars().collect();
+    for w in b.windows(3) {
+        if w[0] == '(' && w[2] == ')' && w[1].is_ascii_alphabetic() {
+            return Some(w[1].to_ascii_uppercase());
+        }
+    }
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|t| t.len() == 1 && ('A'..='E').contains(&t.chars().next().unwrap_or(' ')))
+        .and_then(|t| t.chars().next())
+}
+
+/// Point-question accuracy per number of points.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PointMetrics {
+    /// points -> (correct, total)
+    pub by_points: BTreeMap<u32, (u64, u64)>,
+}
+
+impl PointMetrics {
+    /// Add one question with `n_points`; `pred` is the model's text (None = no answer, counted wrong).
+    pub fn add(&mut self, n_points: u32, pred: Option<&str>, truth: &str) -> bool {
+        let ok = match (pred.and_then(extract_choice), extract_choice(truth)) {
+            (Some(p), Some(t)) => p == t,
+            _ => false,
+        };
+        let e = self.by_points.entry(n_points).or_insert((0, 0));
+        e.0 += u64::from(ok);
+        e.1 += 1;
+        ok
+    }
+    pub fn accuracy(&self, n_points: u32) -> Option<f64> {
+        self.by_points.get(&n_points).filter(|(_, t)| *t > 0).map(|(c, t)| *c as f64 / *t as f64)
+    }
+    /// Mean of the per-count accuracies (the HardBLINK average).
+    pub fn average(&self) -> Option<f64> {
+        let accs: Vec<f64> = self.by_points.keys().filter_map(|&n| self.accuracy(n)).collect();
+        (!accs.is_empty()).then(|| accs.iter().sum::<f64>() / accs.len() as f64)
+    }
+}
+
+const NUMBERS: [&str; 21] = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+];
+
+/// VQA-style normalisation: lower case, punctuation dropped, articles dropped, number words to digits, single
+/// spaces.
+pub fn normalize_answer(s: &str) -> String {
+    let lower = s.to_lowercase();
+    let cleaned: String =
+        lower.chars().map(|c| if c.is_alphanumeric() || c.is_whitespace() { c } else { ' ' }).collect();
+    cleaned
+        .split_whitespace()
+        .filter(|w| !matches!(*w, "a" | "an" | "the"))
+        .map(|w| NUMBERS.iter().position(|n| *n == w).map_or_else(|| w.to_string(), |k| k.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Exact-match and normalised answer accuracy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AnswerMetrics {
+    pub exact: u64,
+    pub normalized: u64,
+    pub total: u64,
+}
+
+impl AnswerMetrics {
+    /// Add one answer (None = no answer, wrong under both measures).
+    pub fn add(&mut self, pred: Option<&str>, truth: &str) {
+        self.total += 1;
+        if let Some(p) = pred {
+            self.exact += u64::from(p.trim() == truth.trim());
+            self.normalized += u64::from(normalize_answer(p) == normalize_answer(truth));
+        }
+    }
+    pub fn exact_accuracy(&self) -> f64 {
+        if self.total == 0 { 0.0 } else { self.exact as f64 / self.total as f64 }
+    }
+    pub fn normalized_accuracy(&self) -> f64 {
+        if self.total == 0 { 0.0 } else { self.normalized as f64 / self.total as f64 }
+    }
+}
+
+fn valid(d: f32) -> bool {
+    d.is_finite() && d > 0.0
+}
+
+/// Mean |pred - gt| / gt over pixels where both are finite and positive; None if there are none.
+pub fn abs_rel(pred: &[f32], gt: &[f32]) -> Result<Option<f64>, SynthError> {
+    same_len("depth", pred.len(), gt.len())?;
+    let (mut sum, mut n) = (0f64, 0u64);
+    for (&p, &g) in pred.iter().zip(gt) {
+        if valid(p) && valid(g) {
+            sum += ((p - g).abs() / g) as f64;
+            n += 1;
+        }
+    }
+    Ok((n > 0).then(|| sum / n as f64))
+}
+
+/// Share of valid pixels with max(pred/gt, gt/pred) < `threshold` (1.25 for delta_1).
+pub fn delta_accuracy(pred: &[f32], gt: &[f32], threshold: f32) -> Result<Option<f64>, SynthError> {
+    same_len("depth", pred.len(), gt.len())?;
+    let (mut ok, mut n) = (0u64, 0u64);
+    for (&p, &g) in pred.iter().zip(gt) {
+        if valid(p) && valid(g) {
+            ok += u64::from((p / g).max(g / p) < threshold);
+            n += 1;
+        }
+    }
+    Ok((n > 0).then(|| ok as f64 / n as f64))
+}
+
+/// The factor that matches the prediction's median to the truth's (for scale-free predictions).
+pub fn median_scale(pred: &[f32], gt: &[f32]) -> Option<f32> {
+    let med = |v: &[f32]| {
+        let mut s: Vec<f32> = v.iter().copied().filter(|&d| valid(d)).collect();
+        if s.is_empty() {
+            return None;
+        }
+        s.sort_by(f32::total_cmp);
+        Some(s[s.len() / 2])
+    };
+    Some(med(gt)? / med(pred)?)
+}
+
+/// `count` pixel-index pairs drawn with `seed` from `n_pixels` pixels (never a pixel with itself).
+pub fn sample_pairs(n_pixels: usize, count: usize, seed: u64) -> Vec<(usize, usize)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    if n_pixels < 2 {
+        return Vec::new();
+    }
+    (0..count)
+        .map(|_| {
+            let a = rng.random_range(0..n_pixels);
+            let mut b = rng.random_range(0..n_pixels - 1);
+            if b >= a {
+                b += 1;
+            }
+            (a, b)
+        })
+        .collect()
+}
+
+/// Share of pairs whose predicted depth order matches the true order. Pairs whose true depths differ by less
+/// than the ratio `tie_ratio` (e.g. 1.02), or with an invalid depth, are skipped; a predicted tie is wrong.
+pub fn relative_order_accuracy(
+    pred: &[f32],
+    gt: &[f32],
+    pairs: &[(usize, usize)],
+    tie_ratio: f32,
+) -> Result<Option<f64>, SynthError> {
+    same_len("depth", pred.len(), gt.len())?;
+    let (mut ok, mut n) = (0u64, 0u64);
+    for &(a, b) in pairs {
+        let (Some(&ga), Some(&gb), Some(&pa), Some(&pb)) = (gt.get(a), gt.get(b), pred.get(a), pred.get(b)) else {
+            return Err(SynthError::Invalid { what: "pixel pair".into(), message: format!("({a}, {b}) out of range") });
+        };
+        if !valid(ga) || !valid(gb) || ga.max(gb) < tie_ratio * ga.min(gb) {
+            continue;
+        }
+        n += 1;
+        ok += u64::from(pa.is_finite() && pb.is_finite() && (pa < pb) == (ga < gb) && pa != pb);
+    }
+    Ok((n > 0).then(|| ok as f64 / n as f64))
+}
+
+/// Per-image depth metrics averaged over images.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DepthMetrics {
+    pub images: u64,
+    abs_rel_sum: f64,
+    delta_sum: f64,
+    order_sum: f64,
+    order_images: u64,
+}
+
+impl DepthMetrics {
+    /// Add one image (pairs for the order accuracy are drawn with `pair_seed`; 1000 pairs, ties within 2%).
+    pub fn add(&mut self, pred: &[f32], gt: &[f32], pair_seed: u64) -> Result<(), SynthError> {
+        let (Some(ar), Some(d1)) = (abs_rel(pred, gt)?, delta_accuracy(pred, gt, 1.25)?) else {
+            return Err(SynthError::Invalid { what: "depth".into(), message: "no valid pixels".into() });
+        };
+        self.images += 1;
+        self.abs_rel_sum += ar;
+        self.delta_sum += d1;
+        let pairs = sample_pairs(gt.len(), 1000, pair_seed);
+        if let Some(o) = relative_order_accuracy(pred, gt, &pairs, 1.02)? {
+            self.order_sum += o;
+            self.order_images += 1;
+        }
+        Ok(())
+    }
+    pub fn abs_rel(&self) -> f64 {
+        if self.images == 0 { 0.0 } else { self.abs_rel_sum / self.images as f64 }
+    }
+    pub fn delta1(&self) -> f64 {
+        if self.images == 0 { 0.0 } else { self.delta_sum / self.images as f64 }
+    }
+    pub fn order_accuracy(&self) -> f64 {
+        if self.order_images == 0 { 0.0 } else { self.order_sum / self.order_images as f64 }
+    }
+}

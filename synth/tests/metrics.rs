@@ -1,0 +1,99 @@
+//! Metrics against hand-computed values on small cases, misses included.
+
+use perceptio_synth::metrics::*;
+
+fn m(bits: &str) -> Vec<bool> {
+    bits.chars().map(|c| c == '1').collect()
+}
+
+#[test]
+fn mask_metrics_match_hand_computed_values() {
+    let mut mm = MaskMetrics::default();
+    // sample 1: pred 1100, gt 1010 -> I = 1, U = 3, IoU 1/3
+    let iou1 = mm.add(Some(&m("1100")), &m("1010")).unwrap();
+    assert!((iou1 - 1.0 / 3.0).abs() < 1e-12);
+    // sample 2: perfect, I = U = 2
+    assert_eq!(mm.add(Some(&m("0011")), &m("0011")).unwrap(), 1.0);
+    // sample 3: no prediction -> empty mask: I = 0, U = |gt| = 3
+    assert_eq!(mm.add(None, &m("1110")).unwrap(), 0.0);
+    assert_eq!((mm.intersection, mm.union, mm.samples, mm.missing), (3, 8, 3, 1));
+    assert!((mm.ciou() - 3.0 / 8.0).abs() < 1e-12);
+    assert!((mm.mean_iou() - (1.0 / 3.0 + 1.0 + 0.0) / 3.0).abs() < 1e-12);
+    assert!((mm.precision_at_half() - 1.0 / 3.0).abs() < 1e-12);
+    // an IoU of exactly 0.5 counts for precision@0.5
+    let mut half = MaskMetrics::default();
+    half.add(Some(&m("1100")), &m("1000")).unwrap();
+    assert_eq!(half.precision_at_half(), 1.0);
+    assert!(mm.add(Some(&m("11")), &m("111")).is_err(), "size mismatch is an error");
+}
+
+#[test]
+fn point_accuracy_per_count_and_average() {
+    assert_eq!(extract_choice("(B)"), Some('B'));
+    assert_eq!(extract_choice("The answer is (c)."), Some('C'));
+    assert_eq!(extract_choice("Point D is closer"), Some('D'));
+    assert_eq!(extract_choice("no idea"), None);
+    let mut pm = PointMetrics::default();
+    assert!(pm.add(3, Some("(A)"), "(A)"));
+    assert!(!pm.add(3, Some("(B)"), "(A)"));
+    assert!(pm.add(3, Some("A"), "(A)"));
+    assert!(!pm.add(4, None, "(C)"), "a missing answer is wrong");
+    assert!(pm.add(4, Some("(C)"), "(C)"));
+    assert!(pm.add(5, Some("(E)"), "(E)"));
+    assert!((pm.accuracy(3).unwrap() - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(pm.accuracy(4), Some(0.5));
+    assert_eq!(pm.accuracy(5), Some(1.0));
+    assert!((pm.average().unwrap() - (2.0 / 3.0 + 0.5 + 1.0) / 3.0).abs() < 1e-12);
+}
+
+#[test]
+fn answer_accuracy_exact_and_normalised() {
+    assert_eq!(normalize_answer("  The Two  cubes! "), "2 cubes");
+    assert_eq!(normalize_answer("Yes."), "yes");
+    let mut am = AnswerMetrics::default();
+    am.add(Some("red"), "red");
+    am.add(Some("Red."), "red");
+    am.add(Some("two"), "2");
+    am.add(Some("blue"), "red");
+    am.add(None, "yes");
+    assert_eq!((am.exact, am.normalized, am.total), (1, 3, 5));
+    assert!((am.exact_accuracy() - 0.2).abs() < 1e-12);
+    assert!((am.normalized_accuracy() - 0.6).abs() < 1e-12);
+}
+
+#[test]
+fn depth_metrics_match_hand_computed_values() {
+    let gt = [1.0f32, 2.0, 4.0, 0.0];
+    let pred = [1.1f32, 3.0, 4.0, 5.0]; // the last pixel has no truth and is skipped
+    // AbsRel = (0.1/1 + 1/2 + 0/4) / 3 = 0.2
+    assert!((abs_rel(&pred, &gt).unwrap().unwrap() - 0.2).abs() < 1e-6);
+    // delta: ratios 1.1, 1.5, 1.0 -> 2 of 3 below 1.25
+    assert!((delta_accuracy(&pred, &gt, 1.25).unwrap().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    // order: (0,1) right, (1,2) right, (0,2) right, (2,1) right; flip one prediction to get a wrong pair
+    let pairs = [(0, 1), (1, 2), (0, 2), (0, 3)];
+    assert_eq!(relative_order_accuracy(&pred, &gt, &pairs, 1.02).unwrap(), Some(1.0));
+    let swapped = [3.0f32, 1.1, 4.0, 5.0];
+    // (0,1): pred 3 > 1.1 but gt 1 < 2 -> wrong; (1,2) right; (0,2) right; (0,3) skipped (no truth)
+    assert!((relative_order_accuracy(&swapped, &gt, &pairs, 1.02).unwrap().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    // ties in the truth are skipped, ties in the prediction are wrong
+    assert_eq!(relative_order_accuracy(&[1.0, 1.0], &[1.0, 1.01], &[(0, 1)], 1.02).unwrap(), None);
+    assert_eq!(relative_order_accuracy(&[1.0, 1.0], &[1.0, 2.0], &[(0, 1)], 1.02).unwrap(), Some(0.0));
+    assert!(relative_order_accuracy(&pred, &gt, &[(0, 9)], 1.02).is_err());
+    assert_eq!(median_scale(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]), Some(2.0));
+
+    let mut dm = DepthMetrics::default();
+    dm.add(&pred, &gt, 1).unwrap();
+    dm.add(&gt, &gt, 1).unwrap();
+    assert!((dm.abs_rel() - 0.1).abs() < 1e-6);
+    assert!((dm.delta1() - (2.0 / 3.0 + 1.0) / 2.0).abs() < 1e-6);
+    assert!((dm.order_accuracy() - 1.0).abs() < 1e-9);
+    assert!(dm.add(&[0.0], &[0.0], 1).is_err(), "an image without valid pixels is an error");
+}
+
+#[test]
+fn pair_sampling_is_deterministic_and_never_self() {
+    let a = sample_pairs(10, 200, 3);
+    assert_eq!(a, sample_pairs(10, 200, 3));
+    assert_ne!(a, sample_pairs(10, 200, 4));
+    assert!(a.iter().all(|&(i, j)| i != j && i < 10 && j < 10));
+}

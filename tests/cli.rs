@@ -1,0 +1,147 @@
+//! The `perceptio` binary end to end: schema in sync, validate/graph output and exit codes, and `run` on a
+//! dataset generated here (including a bad row and a failing node).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray, StructArray};
+use arrow::datatypes::{DataType, Field, Fields};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_perceptio"))
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_checked_in_json_schema_matches_the_spec_types() {
+    let out = bin().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let checked_in = std::fs::read_to_string(repo().join("dataflows/dataflow.schema.json")).unwrap();
+    assert!(
+        generated == checked_in,
+        "dataflows/dataflow.schema.json is stale: run `cargo run -- schema --out dataflows/dataflow.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&checked_in).unwrap();
+    let kinds = schema.pointer("/definitions/NodeSpec/properties/kind/enum").unwrap().as_array().unwrap();
+    assert!(kinds.iter().any(|k| k == "parquet-replay"), "registered kinds are listed");
+}
+
+fn png_bytes() -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, 4, 4);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header().unwrap().write_image_data(&[128u8; 48]).unwrap();
+    out
+}
+
+/// A small dataset in the HF layout; row 2's image is garbage.
+fn write_dataset(path: &Path) {
+    let fields =
+        Fields::from(vec![Field::new("bytes", DataType::Binary, true), Field::new("path", DataType::Utf8, true)]);
+    let good = png_bytes();
+    let bytes: Vec<&[u8]> = (0..6).map(|i| if i == 2 { &b"garbage"[..] } else { good.as_slice() }).collect();
+    let image = StructArray::new(
+        fields,
+        vec![
+            Arc::new(BinaryArray::from(bytes)) as ArrayRef,
+            Arc::new(StringArray::from((0..6).map(|i| format!("{i}.png")).collect::<Vec<_>>())),
+        ],
+        None,
+    );
+    let ids = StringArray::from((0..6).map(|i| format!("s{i}")).collect::<Vec<_>>());
+    let batch =
+        RecordBatch::try_from_iter([("sample_id", Arc::new(ids) as ArrayRef), ("image", Arc::new(image) as ArrayRef)])
+            .unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn run_replays_a_dataset_and_accounts_for_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(&dir.path().join("data/train-00000-of-00001.parquet"));
+    let summary_path = dir.path().join("summary.json");
+    let out = bin()
+        .args(["run", "--quiet", "dataflows/replay.yaml", "--summary-json"])
+        .arg(&summary_path)
+        .current_dir(repo())
+        .env("PERCEPTIO_DATA", dir.path().join("data"))
+        .env("PERCEPTIO_OUT", dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "run failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("read 6 rows, processed 5, failed 1"), "{stdout}");
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary_path).unwrap()).unwrap();
+    assert_eq!(summary["read"], 6);
+    assert_eq!(summary["balanced"], true);
+    assert!(dir.path().join("out/decoded.parquet").exists());
+    assert!(dir.path().join("out/replay-errors.parquet").exists());
+}
+
+#[test]
+fn a_failing_node_makes_run_exit_non_zero_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(&dir.path().join("data/x.parquet"));
+    let flow = dir.path().join("fail.yaml");
+    std::fs::write(
+        &flow,
+        format!(
+            "name: fail\nnodes:\n  - id: replay\n    kind: parquet-replay\n    params: {{ paths: [\"{}/data/*.parquet\"] }}\n  - id: sink\n    kind: parquet-sink\n    params: {{ path: /proc/perceptio-cannot-write-here/x.parquet }}\n    inputs: {{ in: replay/out }}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = bin().args(["run", "--quiet"]).arg(&flow).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: node `sink` (parquet-sink) failed: creating /proc/perceptio-cannot-write-here"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_reports_problems_with_file_and_line_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("bad.yaml");
+    std::fs::write(
+        &flow,
+        "nodes:\n  - id: a\n    kind: parquet-replay\n    params: { paths: [] }\n  - id: b\n    kind: nope\n",
+    )
+    .unwrap();
+    let out = bin().arg("validate").arg(&flow).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let f = flow.display();
+    assert!(stderr.contains(&format!("{f}:6: node `b`, field `kind`: unknown node kind `nope`")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{f}:4: node `a`, field `paths`: bad params: name at least one file or glob")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn graph_prints_an_outline_and_graphviz() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(&dir.path().join("data/train-00000-of-00001.parquet"));
+    for (flag, needle) in [(None, "decode [image-decode] on cpu"), (Some("--dot"), "\"replay\" -> \"decode\"")] {
+        let mut cmd = bin();
+        cmd.args(["graph", "dataflows/replay.yaml"]).current_dir(repo()).env("PERCEPTIO_DATA", dir.path().join("data"));
+        if let Some(f) = flag {
+            cmd.arg(f);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.contains(needle), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
