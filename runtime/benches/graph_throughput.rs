@@ -87,7 +87,7 @@ impl Source for Src {
         if self.1 == self.0.frames {
             return Ok(SourceState::Done);
         }
-        out.count_read(self.0.batch);
+        out.count_read(self.0.batch * WIDTH);
         out.emit("out", make_frame(self.1 * self.0.batch, self.0.batch))?;
         self.1 += 1;
         Ok(SourceState::More)
@@ -184,7 +184,7 @@ fn main() {
         let t = Instant::now();
         let summary = graph.run_blocking(RunOptions::default()).expect("bench graph runs");
         graph_secs = graph_secs.min(t.elapsed().as_secs_f64());
-        assert_eq!(summary.processed as usize, rows);
+        assert_eq!(summary.processed as usize, rows * WIDTH);
         graph_sum = *result.lock().expect("not poisoned");
     }
     assert!((graph_sum - loop_sum).abs() <= 1e-6 * loop_sum.abs().max(1.0), "same results: {graph_sum} vs {loop_sum}");
