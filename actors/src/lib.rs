@@ -4,6 +4,7 @@
 pub mod image_decode;
 pub mod parquet_replay;
 pub mod parquet_sink;
+pub mod synth_source;
 
 use perceptio_runtime::Registry;
 
@@ -13,5 +14,6 @@ pub fn registry() -> Registry {
     r.register(parquet_replay::ParquetReplayKind);
     r.register(parquet_sink::ParquetSinkKind);
     r.register(image_decode::ImageDecodeKind);
+    r.register(synth_source::SynthKind);
     r
 }
