@@ -110,27 +110,12 @@ fn image_bytes(col: &ArrayRef, row: usize) -> Result<&[u8], String> {
 
 /// Decodes a PNG to RGB f32 in [0, 1], channel-major [3, h, w]. Returns (pixels, h, w).
 pub fn decode_png_rgb(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize), String> {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().map_err(|e| format!("undecodable PNG: {e}"))?;
-    let mut buf = vec![0u8; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).map_err(|e| format!("undecodable PNG: {e}"))?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    let channels = match info.color_type {
-        png::ColorType::Grayscale => 1,
-        png::ColorType::GrayscaleAlpha => 2,
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        png::ColorType::Indexed => return Err("indexed PNG was not expanded".into()),
-    };
+    let img = perceptio_models::internvl::decode_png_rgb(bytes)?;
+    let (h, w) = (img.height, img.width);
     let mut out = vec![0f32; 3 * h * w];
-    for y in 0..h {
-        for x in 0..w {
-            let px = &buf[(y * w + x) * channels..];
-            let rgb = if channels < 3 { [px[0]; 3] } else { [px[0], px[1], px[2]] };
-            for c in 0..3 {
-                out[c * h * w + y * w + x] = rgb[c] as f32 / 255.0;
-            }
+    for (i, px) in img.data.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * h * w + i] = px[c] as f32 / 255.0;
         }
     }
     Ok((out, h, w))

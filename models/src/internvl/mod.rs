@@ -11,4 +11,4 @@ pub use checkpoint::{LoadedInternVl, internvl_key_table, load_internvl};
 pub use config::{InternVlConfig, InternVlLayout};
 pub use model::{InternVl, InternVlError};
 pub use runner::{Pixels, RunError, Runner};
-pub use tiling::{ImageError, RgbImage, TilingConfig, best_grid, load_png, resize, tile_image};
+pub use tiling::{ImageError, RgbImage, TilingConfig, best_grid, decode_png_rgb, load_png, resize, tile_image};

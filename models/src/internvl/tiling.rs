@@ -47,23 +47,29 @@ pub enum ImageError {
     Decode { path: String, message: String },
 }
 
-/// Reads a PNG (gray, gray+alpha, RGB, RGBA; 8 or 16 bit) as RGB.
+/// Reads a PNG file (gray, gray+alpha, RGB, RGBA; 8 or 16 bit) as RGB.
 pub fn load_png(path: impl AsRef<Path>) -> Result<RgbImage, ImageError> {
     let path = path.as_ref();
     let err = |message: String| ImageError::Decode { path: path.display().to_string(), message };
-    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    decode_png_rgb(&bytes).map_err(err)
+}
+
+/// Decodes PNG bytes (gray, gray+alpha, RGB, RGBA; 8 or 16 bit) to 8-bit RGB, row-major `[h, w, 3]`.
+/// The one PNG reader of the model side; dataflow nodes use it too.
+pub fn decode_png_rgb(bytes: &[u8]) -> Result<RgbImage, String> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = decoder.read_info().map_err(|e| err(e.to_string()))?;
+    let mut reader = decoder.read_info().map_err(|e| format!("undecodable PNG: {e}"))?;
     let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).map_err(|e| err(e.to_string()))?;
+    let info = reader.next_frame(&mut buf).map_err(|e| format!("undecodable PNG: {e}"))?;
     let (w, h) = (info.width as usize, info.height as usize);
     let channels = match info.color_type {
         png::ColorType::Grayscale => 1,
         png::ColorType::GrayscaleAlpha => 2,
         png::ColorType::Rgb => 3,
         png::ColorType::Rgba => 4,
-        png::ColorType::Indexed => return Err(err("indexed colour after expansion".into())),
+        png::ColorType::Indexed => return Err("indexed colour after expansion".into()),
     };
     let mut data = Vec::with_capacity(w * h * 3);
     for px in buf[..w * h * channels].chunks(channels) {
