@@ -5,7 +5,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cli::{dataflow, demo, depth, generate, segment, synth, train_vqvae};
+use cli::{dataflow, demo, depth, generate, init_model, segment, synth, train_vqvae};
 
 /// perceptio trains and serves perception-enhanced vision-language models as a backpressured actor dataflow.
 #[derive(Parser, Debug)]
@@ -39,6 +39,8 @@ enum Command {
     Depth(depth::DepthArgs),
     /// Train the depth VQ-VAE tokenizer.
     TrainVqvae(train_vqvae::TrainVqvaeArgs),
+    /// Write a fresh tiny Perceptio model directory (tokenizer from a dataset, trained VQ-VAE) to train from.
+    InitModel(init_model::InitModelArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Command::Segment(args) => segment::run(args),
         Command::Depth(args) => depth::run(args),
         Command::TrainVqvae(args) => train_vqvae::run(args),
+        Command::InitModel(args) => init_model::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -92,7 +92,8 @@ struct ImageDecode {
     device: Device,
 }
 
-fn image_bytes(col: &ArrayRef, row: usize) -> Result<&[u8], String> {
+/// The bytes of an image cell: a HF `{bytes, path}` struct or a binary column.
+pub fn image_bytes(col: &ArrayRef, row: usize) -> Result<&[u8], String> {
     if col.is_null(row) {
         return Err("image is null".into());
     }

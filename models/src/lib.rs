@@ -5,10 +5,12 @@
 //! - `weights`: safetensors loading/saving and checkpoint key tables.
 //! - `sam2`: SAM2 image encoder, prompt encoder, mask decoder.
 //! - `depth`: depth VQ-VAE tokenizer and the Depth Anything V2 teacher.
+//! - `perceptio`: the assembled Perceptio model: added tokens, sequences, heads, losses, training step.
 
 pub mod depth;
 pub mod internvl;
 pub mod llm;
+pub mod perceptio;
 pub mod sam2;
 pub mod tokenizer;
 pub mod vision;

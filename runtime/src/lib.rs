@@ -11,6 +11,7 @@ pub mod message;
 pub mod metrics;
 pub mod node;
 pub mod spec;
+pub mod train;
 
 pub use edge::{EdgeCapacity, EdgeStats};
 pub use exec::{Graph, RunError, RunHandle, RunOptions, RunResult};
@@ -20,3 +21,4 @@ pub use message::{Message, Signal};
 pub use metrics::{GraphStats, RunSummary};
 pub use node::{ERROR_PORT, Node, NodeError, NodeImpl, Outputs, Source, SourceState};
 pub use perceptio_schemas as schemas;
+pub use train::{GradRequest, GradTicket, StepGrads, grad_request};

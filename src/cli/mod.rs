@@ -4,6 +4,7 @@ pub mod dataflow;
 pub mod demo;
 pub mod depth;
 pub mod generate;
+pub mod init_model;
 pub mod segment;
 pub mod synth;
 pub mod train_vqvae;

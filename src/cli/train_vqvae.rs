@@ -1,26 +1,39 @@
-//! `perceptio train-vqvae`: trains the depth VQ-VAE tokenizer on procedural depth maps (the
-//! synthetic world and parquet datasets plug in through `perceptio_models::depth::DepthSource`),
-//! with a progress bar, periodic validation, atomic checkpoints and a reconstruction PNG.
+//! `perceptio train-vqvae`: trains the depth VQ-VAE tokenizer on depth maps from the synthetic world
+//! (rendered in-process), a synth-schema parquet dataset, or the procedural generator, with a progress
+//! bar, periodic validation, atomic checkpoints (optimizer state included, so `--resume` continues
+//! exactly) and a reconstruction PNG.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
+use perceptio_actors::vqvae_train::{ParquetDepth, SynthDepth, preset_config};
 use perceptio_models::depth::train::PREVIEW_FILE;
-use perceptio_models::depth::{ProceduralDepth, TrainEvent, TrainVqVaeConfig, VqVaeConfig, train_vqvae};
+use perceptio_models::depth::{DepthSource, ProceduralDepth, TrainEvent, TrainVqVaeConfig, train_vqvae};
+use perceptio_synth::{Split, SynthConfig, TaskKind};
 
 /// Arguments of `perceptio train-vqvae`.
 #[derive(clap::Args, Debug)]
 pub struct TrainVqvaeArgs {
-    /// Checkpoint directory (config.json, vqvae.safetensors, train_state.json, reconstructions.png).
+    /// Checkpoint directory (config.json, vqvae.safetensors, optimizer.bpk, train_state.json,
+    /// reconstructions.png).
     #[arg(long)]
     pub out: PathBuf,
     /// Model size: `tiny` (80x80, x8 down) or `reference` (320x320, x32 down); both give 10x10 codes.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
-    /// Training data: `procedural` (ground plane + boxes/spheres ray-cast in perspective).
-    #[arg(long, default_value = "procedural")]
+    /// Training data: `synth` (the synthetic world's scenes, rendered in-process; validation on its
+    /// validation split), `parquet` (a synth-schema dataset given by --data; the first --val-size maps
+    /// are held out) or `procedural` (ground plane + boxes/spheres ray-cast in perspective).
+    #[arg(long, default_value = "synth")]
     pub source: String,
+    /// Parquet files or globs for `--source parquet` (e.g. runs/demo/data/train-*.parquet).
+    #[arg(long)]
+    pub data: Vec<String>,
+    /// Image size the synthetic world renders at before resizing to the model's input (`--source synth`;
+    /// 128 is the world's default, as in `perceptio synth` datasets).
+    #[arg(long, default_value_t = 128)]
+    pub synth_size: u32,
     #[arg(long, default_value_t = 3000)]
     pub steps: usize,
     #[arg(long, default_value_t = 16)]
@@ -54,19 +67,10 @@ fn say(bar: &ProgressBar, line: String) {
 
 /// Runs `perceptio train-vqvae`.
 pub fn run(args: &TrainVqvaeArgs) -> anyhow::Result<()> {
-    let model_cfg = match args.preset.as_str() {
-        "tiny" => VqVaeConfig::tiny(),
-        "reference" => VqVaeConfig::reference(),
-        other => bail!("unknown --preset `{other}` (tiny or reference)"),
-    };
+    let model_cfg = preset_config(&args.preset)
+        .with_context(|| format!("unknown --preset `{}` (tiny or reference)", args.preset))?;
     let side = model_cfg.input_size;
-    let mut source = match args.source.as_str() {
-        "procedural" => ProceduralDepth::new(side, args.seed),
-        other => bail!("unknown --source `{other}` (procedural)"),
-    };
-    // Validation maps come from a disjoint seed stream.
-    let mut held_out = ProceduralDepth::new(side, args.seed.wrapping_add(1_000_003));
-    let val: Vec<Vec<f32>> = (0..args.val_size).map(|_| held_out.sample()).collect();
+    let (mut source, val) = data(args, side)?;
     let cfg = TrainVqVaeConfig::new()
         .with_steps(args.steps)
         .with_batch_size(args.batch_size)
@@ -80,7 +84,7 @@ pub fn run(args: &TrainVqvaeArgs) -> anyhow::Result<()> {
             .context("progress bar template")?,
     );
     let mut ema_loss: Option<f64> = None;
-    let (_, state) = train_vqvae(&model_cfg, &cfg, &mut source, &val, &args.out, args.resume, &mut |e| match e {
+    let (_, state) = train_vqvae(&model_cfg, &cfg, source.as_mut(), &val, &args.out, args.resume, &mut |e| match e {
         TrainEvent::Step { step, loss, recon, reseeded } => {
             let smoothed = ema_loss.map_or(*loss, |l| 0.98 * l + 0.02 * loss);
             ema_loss = Some(smoothed);
@@ -111,4 +115,54 @@ pub fn run(args: &TrainVqvaeArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The world `perceptio train-vqvae --source synth` draws from: the default world with depth rows only,
+/// many scenes (1% for validation), rendered at `size`.
+pub fn synth_world(size: u32) -> SynthConfig {
+    SynthConfig {
+        size,
+        scenes: 1_000_000,
+        val_fraction: 0.01,
+        test_fraction: 0.0,
+        tasks: vec![TaskKind::Depth],
+        ..SynthConfig::default()
+    }
+}
+
+/// A training source and its validation maps.
+type Data = (Box<dyn DepthSource>, Vec<Vec<f32>>);
+
+/// The training source and the validation maps for `--source`.
+fn data(args: &TrainVqvaeArgs, side: usize) -> anyhow::Result<Data> {
+    let n = args.val_size;
+    Ok(match args.source.as_str() {
+        "synth" => {
+            let world = synth_world(args.synth_size);
+            let mut held_out = SynthDepth::new(world.clone(), args.seed, Split::Validation, side)?;
+            let val = held_out.next_batch(n)?;
+            (Box::new(SynthDepth::new(world, args.seed, Split::Train, side)?), val)
+        }
+        "parquet" => {
+            if args.data.is_empty() {
+                bail!("--source parquet needs --data GLOB (e.g. runs/demo/data/train-*.parquet)");
+            }
+            let source = ParquetDepth::open(&args.data, side, n)?;
+            let val = source.held_out()?;
+            if val.len() < n {
+                bail!(
+                    "the dataset has only {} usable depth maps, --val-size {n} would hold out all of them",
+                    val.len()
+                );
+            }
+            (Box::new(source), val)
+        }
+        "procedural" => {
+            // Validation maps come from a disjoint seed stream.
+            let mut held_out = ProceduralDepth::new(side, args.seed.wrapping_add(1_000_003));
+            let val: Vec<Vec<f32>> = (0..n).map(|_| held_out.sample()).collect();
+            (Box::new(ProceduralDepth::new(side, args.seed)), val)
+        }
+        other => bail!("unknown --source `{other}` (synth, parquet or procedural)"),
+    })
 }

@@ -87,7 +87,7 @@ impl DepthAnythingConfig {
     pub fn validate(&self) -> Result<(), DepthError> {
         let b = &self.backbone_config;
         let err = |field: &'static str, reason: String| Err(DepthError::Config { field, reason });
-        if b.num_attention_heads == 0 || b.hidden_size % b.num_attention_heads != 0 {
+        if b.num_attention_heads == 0 || !b.hidden_size.is_multiple_of(b.num_attention_heads) {
             return err(
                 "backbone_config.num_attention_heads",
                 format!("{} does not divide hidden_size {}", b.num_attention_heads, b.hidden_size),

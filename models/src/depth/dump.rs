@@ -35,7 +35,7 @@ pub fn write_f32_safetensors(path: &Path, tensors: &[DumpTensor]) -> Result<(), 
         offset = end;
     }
     let mut json = serde_json::Value::Object(header).to_string().into_bytes();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     write_atomic(path, |w| {

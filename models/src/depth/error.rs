@@ -21,4 +21,7 @@ pub enum DepthError {
     File { path: PathBuf, reason: String },
     #[error("checkpoint: {0}")]
     Weights(String),
+    /// A depth map given as input (a dataset row's PNG and scale) is unusable.
+    #[error("depth map `{field}`: {reason}")]
+    Input { field: &'static str, reason: String },
 }

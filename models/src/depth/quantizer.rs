@@ -7,6 +7,7 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Int, Tensor};
+use rand::Rng;
 
 /// Configuration of [`EmaQuantizer`].
 #[derive(Config, Debug)]
@@ -135,8 +136,15 @@ impl EmaQuantizer {
     /// One EMA step: cluster sizes and sums decay towards the batch's assignment counts and sums, the
     /// codebook becomes their (Laplace-smoothed) ratio, then codes whose EMA cluster size is below
     /// `dead_threshold` are re-seeded from randomly chosen rows of the batch. Returns the updated
-    /// quantiser and the number of re-seeded codes.
+    /// quantiser and the number of re-seeded codes. Draws the re-seeding rows from the thread RNG; use
+    /// [`EmaQuantizer::ema_update_with`] for a reproducible step.
     pub fn ema_update(self, batch: &EmaBatch) -> (Self, usize) {
+        self.ema_update_with(batch, &mut rand::rng())
+    }
+
+    /// [`EmaQuantizer::ema_update`] with the re-seeding rows drawn from `rng` (the trainer passes a
+    /// per-step seeded RNG so that a resumed run repeats the same steps).
+    pub fn ema_update_with(self, batch: &EmaBatch, rng: &mut impl Rng) -> (Self, usize) {
         let k = self.num_codes();
         let inputs = batch.inputs.clone().detach(); // [N, D]
         let n = inputs.dims()[0];
@@ -166,7 +174,7 @@ impl EmaQuantizer {
             let mut codes: Vec<f32> = host_vec(&embed);
             let mut avgs: Vec<f32> = host_vec(&embed_avg);
             for &code in &dead {
-                let pick = rand::random_range(0..n);
+                let pick = rng.random_range(0..n);
                 let seed = &rows[pick * d..(pick + 1) * d];
                 codes[code * d..(code + 1) * d].copy_from_slice(seed);
                 avgs[code * d..(code + 1) * d].copy_from_slice(seed);

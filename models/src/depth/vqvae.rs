@@ -67,7 +67,7 @@ impl VqVaeConfig {
     /// Checks that the sizes fit together.
     pub fn validate(&self) -> Result<(), DepthError> {
         let factor = 1usize << self.channels.len();
-        if self.channels.is_empty() || self.input_size % factor != 0 || self.input_size < factor {
+        if self.channels.is_empty() || !self.input_size.is_multiple_of(factor) || self.input_size < factor {
             return Err(DepthError::Config {
                 field: "input_size",
                 reason: format!(
@@ -340,6 +340,12 @@ impl VqVae {
     /// Applies one EMA codebook step (see [`EmaQuantizer::ema_update`]); returns the re-seeded count.
     pub fn ema_update(self, batch: &EmaBatch) -> (Self, usize) {
         let (quantizer, reseeded) = self.quantizer.ema_update(batch);
+        (Self { quantizer, ..self }, reseeded)
+    }
+
+    /// [`VqVae::ema_update`] drawing the re-seeding rows from `rng` (reproducible training).
+    pub fn ema_update_with(self, batch: &EmaBatch, rng: &mut impl rand::Rng) -> (Self, usize) {
+        let (quantizer, reseeded) = self.quantizer.ema_update_with(batch, rng);
         (Self { quantizer, ..self }, reseeded)
     }
 }

@@ -123,6 +123,35 @@ pub struct Sam2Config {
 }
 
 impl Sam2Config {
+    /// A tiny SAM2 for tests and the demo: 128 px input (8x8 embedding, 32x32 mask logits), Hiera embed 16 with
+    /// stages [1, 2, 2, 1], width 32 in the neck, prompt encoder and mask decoder (the shape of the parity fixture).
+    pub fn tiny() -> Self {
+        let trunk = HieraConfig::new()
+            .with_hidden_size(16)
+            .with_image_size(vec![128, 128])
+            .with_blocks_per_stage(vec![1, 2, 2, 1])
+            .with_embed_dim_per_stage(vec![16, 32, 64, 128])
+            .with_num_attention_heads_per_stage(vec![1, 1, 2, 2])
+            .with_global_attention_blocks(vec![4])
+            .with_window_size_per_stage(vec![8, 4, 6, 3])
+            .with_window_positional_embedding_background_size(vec![4, 4]);
+        let vision = Sam2VisionConfig::new()
+            .with_backbone_config(trunk)
+            .with_backbone_channel_list(vec![128, 64, 32, 16])
+            .with_backbone_feature_sizes(vec![vec![32, 32], vec![16, 16], vec![8, 8]])
+            .with_fpn_hidden_size(32);
+        Self::new()
+            .with_vision_config(vision)
+            .with_prompt_encoder_config(PromptEncoderConfig::new().with_hidden_size(32).with_image_size(128))
+            .with_mask_decoder_config(
+                MaskDecoderConfig::new()
+                    .with_hidden_size(32)
+                    .with_mlp_dim(64)
+                    .with_num_attention_heads(2)
+                    .with_iou_head_hidden_dim(32),
+            )
+    }
+
     /// SAM2.1 Hiera-tiny: embed 96, heads 1, stages [1,2,7,2], global blocks [5,7,9].
     pub fn hiera_tiny() -> Self {
         Self::preset(96, 1, vec![1, 2, 7, 2], vec![5, 7, 9], vec![8, 4, 14, 7], vec![7, 7])
@@ -231,7 +260,10 @@ impl Sam2Config {
             );
         }
         let internal = d.hidden_size / d.attention_downsample_rate.max(1);
-        if d.num_attention_heads == 0 || internal % d.num_attention_heads != 0 || d.hidden_size % 8 != 0 {
+        if d.num_attention_heads == 0
+            || !internal.is_multiple_of(d.num_attention_heads)
+            || !d.hidden_size.is_multiple_of(8)
+        {
             return err(
                 "mask_decoder_config.num_attention_heads",
                 "heads must divide the (downsampled) width, and the width must be a multiple of 8".into(),
@@ -241,7 +273,7 @@ impl Sam2Config {
             return err("mask_decoder_config.iou_head_depth", "MLPs need at least two layers".into());
         }
         let p = &self.prompt_encoder_config;
-        if p.num_point_embeddings < 4 || p.patch_size == 0 || p.mask_input_channels % 4 != 0 {
+        if p.num_point_embeddings < 4 || p.patch_size == 0 || !p.mask_input_channels.is_multiple_of(4) {
             return err(
                 "prompt_encoder_config",
                 "needs >= 4 point embeddings, a patch size and mask channels divisible by 4".into(),

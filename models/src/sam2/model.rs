@@ -83,6 +83,13 @@ impl Sam2 {
 
     /// Normalised pixels `[B, 3, S, S]` -> image embeddings.
     pub fn image_embeddings(&self, pixels: Tensor<4>) -> Result<ImageEmbeddings, Sam2Error> {
+        let levels = self.fpn_levels(pixels)?;
+        Ok(self.embeddings_from_levels(levels))
+    }
+
+    /// Normalised pixels `[B, 3, S, S]` -> the three finest FPN maps (finest first), the output of the frozen
+    /// image encoder alone: `[B, C, 4e, 4e]`, `[B, C, 2e, 2e]`, `[B, C, e, e]`.
+    pub fn fpn_levels(&self, pixels: Tensor<4>) -> Result<[Tensor<4>; 3], Sam2Error> {
         let [_, ch, h, w] = pixels.dims();
         if ch != 3 || h != self.image_size || w != self.image_size {
             return Err(Sam2Error::Shape {
@@ -93,22 +100,26 @@ impl Sam2 {
         }
         let (_, fpn) = self.multi_scale(pixels);
         let mut it = fpn.into_iter();
-        let (f0, f1, f2) = match (it.next(), it.next(), it.next()) {
-            (Some(a), Some(b), Some(c)) => (a, b, c),
-            _ => {
-                return Err(Sam2Error::Config {
-                    field: "vision_config.backbone_channel_list",
-                    reason: "fewer than three FPN levels".into(),
-                });
-            }
-        };
+        match (it.next(), it.next(), it.next()) {
+            (Some(a), Some(b), Some(c)) => Ok([a, b, c]),
+            _ => Err(Sam2Error::Config {
+                field: "vision_config.backbone_channel_list",
+                reason: "fewer than three FPN levels".into(),
+            }),
+        }
+    }
+
+    /// FPN maps -> decoder inputs: the mask decoder's high-resolution projections (`conv_s0`, `conv_s1`, part of
+    /// the decoder and so trainable with it) and the lowest level plus the no-memory embedding.
+    pub fn embeddings_from_levels(&self, levels: [Tensor<4>; 3]) -> ImageEmbeddings {
+        let [f0, f1, f2] = levels;
         let c = f2.dims()[1];
-        let no_mem = self.no_memory_embedding.val().reshape([1, c, 1, 1]);
-        Ok(ImageEmbeddings {
-            feat_s0: self.mask_decoder.conv_s0.forward(f0),
-            feat_s1: self.mask_decoder.conv_s1.forward(f1),
-            embedding: f2 + no_mem,
-        })
+        let no_mem = self.no_memory_embedding.val().reshape([1, c, 1, 1]); // [1, C, 1, 1]
+        ImageEmbeddings {
+            feat_s0: self.mask_decoder.conv_s0.forward(f0), // [B, C/8, 4e, 4e]
+            feat_s1: self.mask_decoder.conv_s1.forward(f1), // [B, C/4, 2e, 2e]
+            embedding: f2 + no_mem,                         // [B, C, e, e]
+        }
     }
 
     /// Dense positional embedding of the image grid `[1, C, e, e]`.

@@ -12,6 +12,8 @@ pub enum TokenizerError {
     Encode { text: String, message: String },
     #[error("decoding {n} ids: {message}")]
     Decode { n: usize, message: String },
+    #[error("{path}: cannot save tokenizer: {message}")]
+    Save { path: PathBuf, message: String },
 }
 
 /// A HuggingFace `tokenizer.json` tokenizer.
@@ -42,6 +44,34 @@ impl TextTokenizer {
         let inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| TokenizerError::Load { path: path.clone(), message: e.to_string() })?;
         Ok(Self { inner })
+    }
+
+    /// Wraps an already built `tokenizers` tokenizer.
+    pub fn from_tokenizer(inner: tokenizers::Tokenizer) -> Self {
+        Self { inner }
+    }
+
+    /// The wrapped `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// Writes `tokenizer.json` to `path` (a file, or a folder that gets `tokenizer.json`) atomically: the JSON
+    /// goes to a temporary file next to the target, which is then renamed over it.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), TokenizerError> {
+        let mut path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            path = path.join("tokenizer.json");
+        }
+        let err = |message: String| TokenizerError::Save { path: path.clone(), message };
+        let json = self.inner.to_string(false).map_err(|e| err(e.to_string()))?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+        std::fs::write(&tmp, json).map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            err(e.to_string())
+        })
     }
 
     /// Ids of `text` (special tokens in the text are recognised; nothing is added).

@@ -11,6 +11,8 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::Schema;
 use perceptio_schemas::port::{PortSchema, TensorSpec};
 
+use crate::train::{GradRequest, distinct_requests};
+
 pub use tensor::{AnyTensor, TypedTensor};
 
 /// Errors of frame construction and access.
@@ -43,11 +45,13 @@ pub enum FrameError {
 pub struct Frame {
     batch: RecordBatch,
     tensors: Vec<(String, AnyTensor)>,
+    /// Training: the gradient requests of the trainable nodes this frame's tensors came through.
+    grad_requests: Vec<Arc<GradRequest>>,
 }
 
 impl Frame {
     pub fn new(batch: RecordBatch) -> Self {
-        Self { batch, tensors: Vec::new() }
+        Self { batch, tensors: Vec::new(), grad_requests: Vec::new() }
     }
 
     /// A frame with no columns and `rows` rows (for tensor-only frames).
@@ -164,7 +168,22 @@ impl Frame {
     pub fn slice(&self, offset: usize, len: usize) -> Frame {
         let batch = self.batch.slice(offset, len);
         let tensors = self.tensors.iter().map(|(n, t)| (n.clone(), slice_rows(t, offset, len))).collect();
-        Frame { batch, tensors }
+        Frame { batch, tensors, grad_requests: self.grad_requests.clone() }
+    }
+
+    /// The gradient requests travelling with this frame (training only).
+    pub fn grad_requests(&self) -> &[Arc<GradRequest>] {
+        &self.grad_requests
+    }
+
+    /// Adds a gradient request (a trainable node does this on the frame it emits).
+    pub fn add_grad_request(&mut self, request: Arc<GradRequest>) {
+        self.grad_requests = distinct_requests(self.grad_requests.iter().chain([&request]));
+    }
+
+    /// Carries over the requests of `from` (a frame this one was derived from).
+    pub fn inherit_grad_requests(&mut self, from: &Frame) {
+        self.grad_requests = distinct_requests(self.grad_requests.iter().chain(from.grad_requests.iter()));
     }
 }
 
@@ -182,7 +201,7 @@ impl Frame {
             );
             tensors.push((name.clone(), select_rows(t, rows)));
         }
-        Ok(Frame { batch, tensors })
+        Ok(Frame { batch, tensors, grad_requests: self.grad_requests.clone() })
     }
 }
 

@@ -1,0 +1,124 @@
+//! A Perceptio model directory: `perceptio.json` (the config), `tokenizer.json`, and one safetensors file per
+//! part (`image`, `llm`, `seg`, `vqvae`), so each dataflow node loads and saves only the part it owns.
+//! Every file is written atomically (temp file + rename).
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn_store::ModuleSnapshot;
+
+use super::model::{ModelError, Perceptio, PerceptioConfig};
+use crate::weights::{Checkpoint, KeyTable, LoadOptions, load_module, save_module};
+
+pub const CONFIG_FILE: &str = "perceptio.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// The parts of a model directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Image,
+    Llm,
+    Seg,
+    VqVae,
+}
+
+impl Part {
+    pub const ALL: [Part; 4] = [Part::Image, Part::Llm, Part::Seg, Part::VqVae];
+
+    /// File name of the part's weights.
+    pub fn file(self) -> &'static str {
+        match self {
+            Part::Image => "image.safetensors",
+            Part::Llm => "llm.safetensors",
+            Part::Seg => "seg.safetensors",
+            Part::VqVae => "vqvae.safetensors",
+        }
+    }
+}
+
+/// Errors reading or writing a model directory.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+fn file_err(path: &Path, reason: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::File { path: path.to_path_buf(), reason: reason.to_string() }
+}
+
+/// Writes `bytes` to `path` through a temp file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+}
+
+/// Reads `perceptio.json` of a model directory.
+pub fn read_config(dir: &Path) -> Result<PerceptioConfig, CheckpointError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
+    let cfg: PerceptioConfig = serde_json::from_str(&text).map_err(|e| file_err(&path, e))?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Writes `perceptio.json`.
+pub fn write_config(dir: &Path, cfg: &PerceptioConfig) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let json = serde_json::to_string_pretty(cfg).map_err(|e| file_err(&dir.join(CONFIG_FILE), e))?;
+    write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
+}
+
+/// Saves one part's weights into `dir`.
+pub fn save_part<M: Module + ModuleSnapshot>(dir: &Path, part: Part, module: &M) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    let path = dir.join(part.file());
+    save_module(module, &path, &KeyTable::identity()).map_err(|e| file_err(&path, e))?;
+    Ok(())
+}
+
+/// Loads one part's weights from `dir` into `module` (every key must match by name and shape).
+pub fn load_part<M: Module + ModuleSnapshot>(dir: &Path, part: Part, mut module: M) -> Result<M, CheckpointError> {
+    let path = dir.join(part.file());
+    let ckpt = Checkpoint::open(&path).map_err(|e| file_err(&path, e))?;
+    load_module(&mut module, &ckpt, &KeyTable::identity(), &LoadOptions::default()).map_err(|e| file_err(&path, e))?;
+    Ok(module)
+}
+
+/// Saves every part and the config.
+pub fn save_model(dir: &Path, cfg: &PerceptioConfig, model: &Perceptio) -> Result<(), CheckpointError> {
+    write_config(dir, cfg)?;
+    save_part(dir, Part::Image, &model.image)?;
+    save_part(dir, Part::Llm, &model.llm)?;
+    save_part(dir, Part::Seg, &model.seg)?;
+    save_part(dir, Part::VqVae, &model.vqvae)
+}
+
+/// Loads a whole model directory onto `device` (an autodiff device for training), with the freezing its config
+/// asks for.
+pub fn load_model(dir: &Path, device: &Device) -> Result<(PerceptioConfig, Perceptio), CheckpointError> {
+    let cfg = read_config(dir)?;
+    let fresh = cfg.init(device)?;
+    let model = Perceptio {
+        image: load_part(dir, Part::Image, fresh.image)?,
+        llm: load_part(dir, Part::Llm, fresh.llm)?,
+        seg: load_part(dir, Part::Seg, fresh.seg)?,
+        vqvae: load_part(dir, Part::VqVae, fresh.vqvae)?,
+    };
+    let model = cfg_freeze(&cfg, model);
+    Ok((cfg, model))
+}
+
+/// Re-applies the config's freezing (loading replaces parameters).
+pub fn cfg_freeze(cfg: &PerceptioConfig, mut model: Perceptio) -> Perceptio {
+    if !cfg.trainable.vision_encoder {
+        model.image.vision_tower = model.image.vision_tower.no_grad();
+    }
+    model.seg.sam2.vision_encoder = model.seg.sam2.vision_encoder.no_grad();
+    model.vqvae = model.vqvae.no_grad();
+    model
+}

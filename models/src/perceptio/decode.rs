@@ -1,0 +1,184 @@
+//! Constrained decoding of Perceptio answers: after `<d_start>` only depth codes for exactly N steps, then
+//! `<d_end>` is forced; codes are banned outside the span; `<d_start>` opens at most once; `[SEG]` only before the
+//! span. Greedy generation with the KV cache over a left-padded batch, keeping the hidden state of each `[SEG]`
+//! (the mask head's prompt).
+
+use burn::prelude::*;
+
+use super::layout::SpecialTokens;
+use super::model::{ImageEncoderPart, LlmPart, ModelError};
+use crate::llm::{KvCache, argmax, left_pad};
+
+/// Where a sequence stands with respect to its depth span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanState {
+    /// No `<d_start>` yet.
+    Before,
+    /// Inside the span with this many codes so far.
+    Inside(usize),
+    /// The span closed.
+    After,
+}
+
+/// The decoding constraint of one sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanConstraint {
+    pub state: SpanState,
+    /// N, the codes a span must hold.
+    pub span_len: usize,
+    seg_seen: bool,
+}
+
+impl SpanConstraint {
+    /// The state after the tokens already in the prompt (a prompt may end inside a span, e.g. with `<d_start>`).
+    pub fn after_prompt(prompt: &[u32], sp: &SpecialTokens, span_len: usize) -> Self {
+        let mut c = Self { state: SpanState::Before, span_len, seg_seen: false };
+        let start = prompt.iter().rposition(|&t| t == sp.seg || t == sp.d_start || t == sp.d_end || sp.is_code(t));
+        // only the answer part can hold perception tokens; replay it
+        if let Some(s) = start {
+            let first = prompt[..=s].iter().position(|&t| t == sp.seg || t == sp.d_start).unwrap_or(s);
+            for &t in &prompt[first..] {
+                c.advance(t, sp);
+            }
+        }
+        c
+    }
+
+    /// Whether `token` may come next.
+    pub fn allows(&self, token: u32, sp: &SpecialTokens) -> bool {
+        let code = sp.is_code(token);
+        match self.state {
+            SpanState::Inside(k) if k < self.span_len => code,
+            SpanState::Inside(_) => token == sp.d_end,
+            SpanState::Before => !code && token != sp.d_end && !(token == sp.seg && self.seg_seen),
+            SpanState::After => !code && token != sp.d_start && token != sp.d_end && token != sp.seg,
+        }
+    }
+
+    /// Records `token`.
+    pub fn advance(&mut self, token: u32, sp: &SpecialTokens) {
+        if token == sp.seg {
+            self.seg_seen = true;
+        }
+        self.state = match self.state {
+            SpanState::Before if token == sp.d_start => SpanState::Inside(0),
+            SpanState::Inside(k) if sp.is_code(token) => SpanState::Inside(k + 1),
+            SpanState::Inside(_) if token == sp.d_end => SpanState::After,
+            s => s,
+        };
+    }
+
+    /// Sets every disallowed entry of a logits row to -inf.
+    pub fn apply(&self, logits: &mut [f32], sp: &SpecialTokens) {
+        for (t, l) in logits.iter_mut().enumerate() {
+            if !self.allows(t as u32, sp) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// One generated answer.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// Generated ids (up to and including the stop token, if reached).
+    pub ids: Vec<u32>,
+    /// Last hidden state at the `[SEG]` position `[d]`, when `[SEG]` was generated.
+    pub seg_hidden: Option<Tensor<1>>,
+}
+
+/// Greedy constrained generation for a batch of prompts (left-padded together) whose `<IMG_CONTEXT>` slots take
+/// `image` `[B, T, d]` (None: text only). Stops a row at `<|im_end|>` or after `max_new` tokens.
+pub fn generate(
+    image_part: &ImageEncoderPart,
+    llm: &LlmPart,
+    prompts: &[Vec<u32>],
+    pixels: Option<Tensor<4>>,
+    sp: &SpecialTokens,
+    span_len: usize,
+    max_new: usize,
+) -> Result<Vec<Generated>, ModelError> {
+    let b = prompts.len();
+    let image = pixels.map(|p| image_part.forward(p)); // [B, T, d]
+    let (ids, pad) = left_pad(prompts, sp.pad);
+    let x = llm.embed(&ids, image)?; // [B, S, d]
+    let lm = &llm.language_model;
+    let mut cache = KvCache::new(lm.model.layers.len(), b);
+    let mut constraints: Vec<SpanConstraint> =
+        prompts.iter().map(|p| SpanConstraint::after_prompt(p, sp, span_len)).collect();
+    let mut out: Vec<Generated> = (0..b).map(|_| Generated { ids: Vec::new(), seg_hidden: None }).collect();
+    let mut done = vec![false; b];
+    let h = lm.model.forward_embeds(x, Some(&pad), Some(&mut cache)); // [B, S, d]
+    let [_, s, d] = h.dims();
+    let mut last = h.slice([0..b, s - 1..s, 0..d]); // [B, 1, d]
+    for _ in 0..max_new {
+        let logits = llm.logits(last.clone()).reshape([b, llm.vocab_size()]); // [B, V]
+        let rows: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| ModelError::Shape { what: "logits", expected: "f32 data".into(), got: format!("{e:?}") })?;
+        let v = llm.vocab_size();
+        let mut feed = Vec::with_capacity(b);
+        for i in 0..b {
+            let mut row = rows[i * v..(i + 1) * v].to_vec();
+            constraints[i].apply(&mut row, sp);
+            let next = if done[i] { sp.pad } else { argmax(&row) };
+            if !done[i] {
+                out[i].ids.push(next);
+                constraints[i].advance(next, sp);
+                done[i] = next == sp.im_end;
+            }
+            feed.push(vec![next]);
+        }
+        if done.iter().all(|&x| x) {
+            break;
+        }
+        let x = llm.embed(&feed, None)?; // [B, 1, d]
+        let step_pad: Vec<Vec<bool>> = (0..b).map(|_| vec![false]).collect();
+        last = lm.model.forward_embeds(x, Some(&step_pad), Some(&mut cache)); // [B, 1, d]
+        for (i, f) in feed.iter().enumerate() {
+            if f[0] == sp.seg && out[i].seg_hidden.is_none() && out[i].ids.last() == Some(&sp.seg) {
+                out[i].seg_hidden = Some(last.clone().slice([i..i + 1, 0..1, 0..d]).reshape([d])); // [d]
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sp() -> SpecialTokens {
+        SpecialTokens { seg: 10, d_start: 11, d_end: 12, code0: 13, num_codes: 4, im_end: 2, pad: 0, image_context: 5 }
+    }
+
+    #[test]
+    fn the_state_machine_forces_exactly_n_codes() {
+        let sp = sp();
+        let mut c = SpanConstraint::after_prompt(&[1, 3], &sp, 3);
+        assert!(c.allows(sp.seg, &sp) && c.allows(sp.d_start, &sp) && !c.allows(sp.code0, &sp));
+        assert!(!c.allows(sp.d_end, &sp));
+        c.advance(sp.seg, &sp);
+        assert!(!c.allows(sp.seg, &sp), "[SEG] at most once");
+        c.advance(sp.d_start, &sp);
+        for k in 0..3 {
+            assert_eq!(c.state, SpanState::Inside(k));
+            assert!(c.allows(sp.code(1), &sp) && !c.allows(sp.d_end, &sp) && !c.allows(7, &sp));
+            c.advance(sp.code(1), &sp);
+        }
+        assert!(c.allows(sp.d_end, &sp) && !c.allows(sp.code(0), &sp) && !c.allows(7, &sp));
+        c.advance(sp.d_end, &sp);
+        assert_eq!(c.state, SpanState::After);
+        assert!(!c.allows(sp.d_start, &sp) && !c.allows(sp.code(2), &sp) && c.allows(7, &sp));
+    }
+
+    #[test]
+    fn a_prompt_ending_in_the_span_resumes_it() {
+        let sp = sp();
+        let c = SpanConstraint::after_prompt(&[1, sp.seg, sp.d_start, sp.code(0)], &sp, 3);
+        assert_eq!(c.state, SpanState::Inside(1));
+        assert!(!c.allows(sp.seg, &sp));
+    }
+}

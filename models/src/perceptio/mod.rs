@@ -1,0 +1,29 @@
+//! Perceptio: the InternVL backbone with `[SEG]` and depth-span tokens, the heads that turn them into a mask
+//! and a depth map, the losses and the training step.
+//!
+//! - `layout`: added-token ids and the per-sample token layout (shared by every part).
+//! - `tokens`: the tiny word-level tokenizer and vocabulary extension.
+//! - `sequence`: prompt/answer templates per task, depth chain-of-thought, batching.
+//! - `loss`: every loss term as a function with hand-checked tests.
+//! - `model`: the parts (image encoder, LLM with added-token rows, SAM2 + `[SEG]` head, VQ-VAE) and presets.
+//! - `heads`: the `[SEG]` projection and the gather of `[SEG]` hidden states.
+//! - `optim`: AdamW, warm-up + cosine schedule, accumulation, global-norm clipping, saved state.
+//! - `decode`: constrained decoding of the depth span and greedy generation keeping the `[SEG]` state.
+//! - `checkpoint`: the model directory (config, tokenizer, one weights file per part).
+//! - `step`: one training step of the whole model as a single function.
+
+pub mod checkpoint;
+pub mod decode;
+pub mod heads;
+pub mod layout;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod sequence;
+pub mod step;
+pub mod tokens;
+
+pub use layout::{Sequence, SpecialTokens, TokenBatch};
+pub use model::{ImageEncoderPart, LlmPart, ModelError, Perceptio, PerceptioConfig, SegPart, TrainableConfig};
+pub use optim::{OptimConfig, PartOptimizer};
+pub use step::{PerceptioOptimizer, TrainBatch, forward_terms, train_micro_step};

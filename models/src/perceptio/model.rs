@@ -1,0 +1,312 @@
+//! The Perceptio model as four parts, each owned by one dataflow node in training and serving:
+//! the image encoder (InternViT + pixel shuffle + projector), the LLM (Qwen2 decoder with the added-token rows
+//! kept as their own trainable tables), the segmentation part (SAM2 with the `[SEG]` projection) and the frozen
+//! depth VQ-VAE. [`PerceptioConfig`] builds all of them; presets are constructors.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::prelude::*;
+
+use super::heads::{SegProjection, SegProjectionConfig};
+use crate::depth::{DepthError, VqVae, VqVaeConfig};
+use crate::internvl::InternVlConfig;
+use crate::llm::{LoraConfig, LoraError, Qwen2ForCausalLM, ids_tensor};
+use crate::sam2::{ImageEmbeddings, Prompts, Sam2, Sam2Config, Sam2Error, upsample_masks};
+use crate::vision::{InternVisionModel, Projector, pixel_shuffle};
+
+/// How the LLM is fine-tuned.
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainableConfig {
+    /// `lora` (the paper: adapters on every projection, base frozen) or `full` (every LLM weight trains; the
+    /// only sensible choice for a model trained from scratch, such as the tiny demo model).
+    #[config(default = "\"lora\".to_string()")]
+    pub llm: String,
+    #[config(default = 8)]
+    pub lora_rank: usize,
+    #[config(default = 16.0)]
+    pub lora_alpha: f64,
+    /// Train the InternViT encoder too (frozen in the paper; trained when starting from scratch).
+    #[config(default = false)]
+    pub vision_encoder: bool,
+}
+
+/// Every size of a Perceptio model.
+#[derive(Config, Debug)]
+pub struct PerceptioConfig {
+    /// InternVL backbone. `text.vocab_size` is the base vocabulary (without the added tokens).
+    pub vlm: InternVlConfig,
+    pub sam2: Sam2Config,
+    pub vqvae: VqVaeConfig,
+    /// Added tokens: `[SEG]`, `<d_start>`, `<d_end>`, `<d_0>`..`<d_{K-1}>`, ids from `vlm.text.vocab_size` on.
+    #[config(default = 131)]
+    pub added_tokens: usize,
+    /// Temperature of the soft depth reconstruction's softmax over the K code logits.
+    #[config(default = 0.8)]
+    pub depth_temperature: f64,
+    #[config(default = "TrainableConfig::new()")]
+    pub trainable: TrainableConfig,
+}
+
+/// Errors of building or running the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("config field `{field}`: {reason}")]
+    Config { field: &'static str, reason: String },
+    #[error(transparent)]
+    Sam2(#[from] Sam2Error),
+    #[error(transparent)]
+    Depth(#[from] DepthError),
+    #[error(transparent)]
+    Lora(#[from] LoraError),
+    #[error("{what}: expected {expected}, got {got}")]
+    Shape { what: &'static str, expected: String, got: String },
+}
+
+impl PerceptioConfig {
+    /// The tiny model of the tests and the demo, for a tokenizer with `base_vocab` ids before the added tokens
+    /// and `<IMG_CONTEXT>` at `image_token_id`: 112 px images (16 image tokens), a 4-layer d=128 LLM trained in
+    /// full, SAM2 tiny (128 px), the tiny depth VQ-VAE (80 px, 10x10 codes, K = 128).
+    pub fn tiny(base_vocab: usize, image_token_id: usize) -> Self {
+        let vision = crate::vision::InternVitConfig::new(64, 2, 4, 128).with_image_size(112);
+        let text = crate::llm::Qwen2Config::new(base_vocab, 128, 256, 4, 4, 2);
+        let vlm = InternVlConfig::new(vision, text).with_image_token_id(image_token_id);
+        let vqvae = VqVaeConfig::tiny();
+        Self::new(vlm, Sam2Config::tiny(), vqvae)
+            .with_trainable(TrainableConfig::new().with_llm("full".into()).with_vision_encoder(true))
+    }
+
+    /// Number of K depth codes (the VQ-VAE codebook size).
+    pub fn num_codes(&self) -> usize {
+        self.vqvae.num_codes
+    }
+
+    /// Image tokens the LLM sees per image (one tile).
+    pub fn image_tokens(&self) -> usize {
+        self.vlm.tokens_per_tile()
+    }
+
+    /// Checks the combinations the parts rely on.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |field, reason: String| Err(ModelError::Config { field, reason });
+        if self.added_tokens != self.num_codes() + 3 {
+            return bad("added_tokens", format!("{} but K + 3 = {}", self.added_tokens, self.num_codes() + 3));
+        }
+        if self.vlm.image_token_id >= self.vlm.text.vocab_size {
+            return bad("vlm.image_token_id", format!("{} is outside the base vocabulary", self.vlm.image_token_id));
+        }
+        if !matches!(self.trainable.llm.as_str(), "lora" | "full") {
+            return bad("trainable.llm", format!("`{}` (expected `lora` or `full`)", self.trainable.llm));
+        }
+        if !(self.depth_temperature > 0.0) {
+            return bad("depth_temperature", format!("{} is not positive", self.depth_temperature));
+        }
+        self.vqvae.validate()?;
+        Ok(())
+    }
+
+    /// Builds every part with fresh weights and the freezing the config asks for.
+    pub fn init(&self, device: &Device) -> Result<Perceptio, ModelError> {
+        self.validate()?;
+        Ok(Perceptio {
+            image: self.init_image(device),
+            llm: self.init_llm(device)?,
+            seg: self.init_seg(device)?,
+            vqvae: self.init_vqvae(device)?,
+        })
+    }
+
+    /// The image encoder part (InternViT frozen unless `trainable.vision_encoder`; projector trainable).
+    pub fn init_image(&self, device: &Device) -> ImageEncoderPart {
+        let d_in = self.vlm.vision.hidden_size * self.vlm.shuffle * self.vlm.shuffle;
+        let vision_tower = self.vlm.vision.init(device);
+        ImageEncoderPart {
+            vision_tower: if self.trainable.vision_encoder { vision_tower } else { vision_tower.no_grad() },
+            multi_modal_projector: Projector::init(d_in, self.vlm.text.hidden_size, device),
+            shuffle: self.vlm.shuffle,
+        }
+    }
+
+    /// The LLM part (LoRA or full, per `trainable.llm`) with fresh added-token rows (N(0, 0.02)).
+    pub fn init_llm(&self, device: &Device) -> Result<LlmPart, ModelError> {
+        let d = self.vlm.text.hidden_size;
+        let mut language_model = self.vlm.text.init(device);
+        if self.trainable.llm == "lora" {
+            let lora = LoraConfig::all(self.trainable.lora_rank, self.trainable.lora_alpha);
+            language_model = lora.apply(language_model, device)?;
+        }
+        let dist = burn::tensor::Distribution::Normal(0.0, 0.02);
+        Ok(LlmPart {
+            language_model,
+            new_embed: Param::from_tensor(Tensor::random([self.added_tokens, d], dist, device)),
+            new_head: Param::from_tensor(Tensor::random([self.added_tokens, d], dist, device)),
+            image_token_id: self.vlm.image_token_id,
+        })
+    }
+
+    /// SAM2 (image encoder frozen) with the `[SEG]` projection.
+    pub fn init_seg(&self, device: &Device) -> Result<SegPart, ModelError> {
+        let mut sam2 = self.sam2.init(device)?;
+        sam2.vision_encoder = sam2.vision_encoder.no_grad();
+        let c = self.sam2.mask_decoder_config.hidden_size;
+        Ok(SegPart { sam2, text_hidden_fcs: SegProjectionConfig::new(self.vlm.text.hidden_size, c).init(device) })
+    }
+
+    /// The frozen depth VQ-VAE.
+    pub fn init_vqvae(&self, device: &Device) -> Result<VqVae, ModelError> {
+        Ok(self.vqvae.init(device)?.no_grad())
+    }
+}
+
+/// InternViT + pixel shuffle + projector: one image per row -> image tokens for the LLM.
+#[derive(Module, Debug)]
+pub struct ImageEncoderPart {
+    pub vision_tower: InternVisionModel,
+    pub multi_modal_projector: Projector,
+    pub shuffle: usize,
+}
+
+impl ImageEncoderPart {
+    /// Normalised pixels `[B, 3, H, W]` -> image tokens `[B, T, d]` (CLS dropped).
+    pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let x = self.vision_tower.forward(pixels); // [B, 1+p, dv]
+        let [b, p1, dv] = x.dims();
+        let x = x.slice([0..b, 1..p1, 0..dv]); // [B, p, dv]
+        let x = pixel_shuffle(x, self.shuffle); // [B, p/4, 4dv]
+        self.multi_modal_projector.forward(x) // [B, T, d]
+    }
+}
+
+/// The decoder with the added tokens' embedding rows and head rows as separate tables, so they train even when
+/// the base vocabulary is frozen (LoRA): ids `>= base vocab` read `new_embed`, and the logits of the added tokens
+/// come from `new_head`.
+#[derive(Module, Debug)]
+pub struct LlmPart {
+    pub language_model: Qwen2ForCausalLM,
+    /// `[A, d]`
+    pub new_embed: Param<Tensor<2>>,
+    /// `[A, d]`
+    pub new_head: Param<Tensor<2>>,
+    pub image_token_id: usize,
+}
+
+/// What the LLM part returns for a teacher-forced batch.
+#[derive(Debug, Clone)]
+pub struct LlmOutput {
+    /// Last hidden states `[B, S, d]` (after the final norm).
+    pub hidden: Tensor<3>,
+    /// Logits over base + added vocabulary `[B, S, V + A]`.
+    pub logits: Tensor<3>,
+}
+
+impl LlmPart {
+    /// Base vocabulary size.
+    pub fn base_vocab(&self) -> usize {
+        self.language_model.vocab_size()
+    }
+
+    /// Full vocabulary size (base + added).
+    pub fn vocab_size(&self) -> usize {
+        self.base_vocab() + self.new_embed.dims()[0]
+    }
+
+    /// Token embeddings of ids `[B][S]` over the extended table, with the `<IMG_CONTEXT>` positions (row-major)
+    /// replaced by `image` `[B, T, d]` (each row's T tokens fill that row's image positions).
+    pub fn embed(&self, ids: &[Vec<u32>], image: Option<Tensor<3>>) -> Result<Tensor<3>, ModelError> {
+        let base = self.language_model.model.embed_tokens.weight.val(); // [V, d]
+        let device = base.device();
+        let [v, d] = base.dims();
+        let b = ids.len();
+        let s = ids.first().map_or(0, Vec::len);
+        let mut table = vec![base, self.new_embed.val()]; // [V, d], [A, d]
+        let mut index: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
+        let limit = self.vocab_size() as i64;
+        if let Some(bad) = index.iter().find(|&&t| t >= limit) {
+            return Err(ModelError::Config { field: "ids", reason: format!("token id {bad} >= vocabulary {limit}") });
+        }
+        if let Some(image) = image {
+            let [ib, t, id] = image.dims();
+            let slots: Vec<usize> = (0..b * s).filter(|&i| index[i] == self.image_token_id as i64).collect();
+            if ib != b || id != d || slots.len() != b * t {
+                return Err(ModelError::Shape {
+                    what: "image tokens",
+                    expected: format!(
+                        "[{b}, {}, {d}] ({} <IMG_CONTEXT> positions)",
+                        slots.len() / b.max(1),
+                        slots.len()
+                    ),
+                    got: format!("{:?}", image.dims()),
+                });
+            }
+            let first_image = (v + self.new_embed.dims()[0]) as i64;
+            for (k, &i) in slots.iter().enumerate() {
+                index[i] = first_image + k as i64;
+            }
+            table.push(image.reshape([b * t, d])); // [B*T, d]
+        }
+        let table = Tensor::cat(table, 0); // [V + A (+ B*T), d]
+        let index = Tensor::<1, Int>::from_data(TensorData::new(index, [b * s]), &device); // [B*S]
+        Ok(table.select(0, index).reshape([b, s, d])) // [B, S, d]
+    }
+
+    /// Logits over the extended vocabulary for hidden states `[B, S, d]` -> `[B, S, V + A]`.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let base = self.language_model.logits(hidden.clone()); // [B, S, V]
+        let added = hidden.matmul(self.new_head.val().transpose().unsqueeze()); // [B, S, A]
+        Tensor::cat(vec![base, added], 2) // [B, S, V + A]
+    }
+
+    /// Teacher-forced forward over a right-padded batch (causal attention; padding only follows real tokens).
+    pub fn forward(&self, ids: &[Vec<u32>], image: Option<Tensor<3>>) -> Result<LlmOutput, ModelError> {
+        let x = self.embed(ids, image)?; // [B, S, d]
+        let hidden = self.language_model.model.forward_embeds(x, None, None); // [B, S, d]
+        let logits = self.logits(hidden.clone()); // [B, S, V + A]
+        Ok(LlmOutput { hidden, logits })
+    }
+
+    /// Ids `[B][S]` as an int tensor on this part's device.
+    pub fn ids_tensor(&self, ids: &[Vec<u32>]) -> Tensor<2, Int> {
+        ids_tensor(ids, &self.new_embed.device())
+    }
+}
+
+/// SAM2 (image encoder frozen; prompt encoder and mask decoder trainable) with the `[SEG]` projection.
+#[derive(Module, Debug)]
+pub struct SegPart {
+    pub sam2: Sam2,
+    pub text_hidden_fcs: SegProjection,
+}
+
+impl SegPart {
+    /// The frozen encoder's FPN maps for SAM2-normalised pixels `[B, 3, S, S]`.
+    pub fn encode(&self, pixels: Tensor<4>) -> Result<[Tensor<4>; 3], ModelError> {
+        Ok(self.sam2.fpn_levels(pixels)?)
+    }
+
+    /// `[SEG]` hidden states `[B', d]` + the FPN maps of the same rows -> mask logits `[B', 4e, 4e]` (single mask).
+    pub fn forward(&self, seg_hidden: Tensor<2>, levels: [Tensor<4>; 3]) -> Result<Tensor<3>, ModelError> {
+        let [b, _] = seg_hidden.dims();
+        let image: ImageEmbeddings = self.sam2.embeddings_from_levels(levels);
+        let prompt = self.text_hidden_fcs.forward(seg_hidden); // [B', C]
+        let c = prompt.dims()[1];
+        let prompts = Prompts { sparse: Some(prompt.reshape([b, 1, 1, c])), ..Prompts::default() };
+        let out = self.sam2.predict(&image, &prompts, false)?;
+        let [_, _, _, h, w] = out.masks.dims();
+        Ok(out.masks.reshape([b, h, w])) // [B', 4e, 4e]
+    }
+
+    /// Mask logits `[B', h, w]` bilinearly upsampled to `size` -> `[B', H, W]`.
+    pub fn upsample(&self, logits: Tensor<3>, size: [usize; 2]) -> Tensor<3> {
+        let [b, h, w] = logits.dims();
+        upsample_masks(logits.reshape([b, 1, h, w]), size).reshape([b, size[0], size[1]]) // [B', H, W]
+    }
+}
+
+/// Every part of a Perceptio model.
+#[derive(Debug, Clone)]
+pub struct Perceptio {
+    pub image: ImageEncoderPart,
+    pub llm: LlmPart,
+    pub seg: SegPart,
+    /// Frozen depth tokenizer (its decoder turns code probabilities into depth).
+    pub vqvae: VqVae,
+}

@@ -1,0 +1,107 @@
+//! The assembled Perceptio parts at the tiny size: shapes through every part, image tokens in their slots, the
+//! SAM2 tiny preset equal to the parity fixture's config, and every loss term present and differentiable on a
+//! hand-built batch.
+
+use burn::tensor::{Device, Distribution, Tensor};
+use perceptio_models::perceptio::loss::LossConfig;
+use perceptio_models::perceptio::step::{TrainBatch, forward_terms};
+use perceptio_models::perceptio::{PerceptioConfig, Sequence, SpecialTokens, TokenBatch};
+use perceptio_models::sam2::Sam2Config;
+
+const BASE: usize = 40;
+const IMG: u32 = 5;
+
+fn specials() -> SpecialTokens {
+    SpecialTokens {
+        seg: BASE as u32,
+        d_start: BASE as u32 + 1,
+        d_end: BASE as u32 + 2,
+        code0: BASE as u32 + 3,
+        num_codes: 128,
+        im_end: 2,
+        pad: 0,
+        image_context: IMG,
+    }
+}
+
+/// prompt: 3 text ids, 16 image ids, 2 text ids; answer per `kind`.
+fn sequence(sp: &SpecialTokens, seg: bool, codes: usize) -> Sequence {
+    let mut ids = vec![1, 7, 8];
+    ids.extend(std::iter::repeat_n(IMG, 16));
+    ids.extend([9, 10]);
+    let prompt_len = ids.len();
+    let mut seg_pos = None;
+    if seg {
+        seg_pos = Some(ids.len());
+        ids.push(sp.seg);
+    }
+    let depth_start = Some(ids.len());
+    ids.push(sp.d_start);
+    ids.extend((0..codes).map(|k| sp.code(k % 128)));
+    let depth_end = Some(ids.len());
+    ids.push(sp.d_end);
+    ids.extend([11, 12, sp.im_end]);
+    Sequence { ids, prompt_len, seg_pos, depth_start, depth_end }
+}
+
+#[test]
+fn sam2_tiny_preset_matches_the_fixture_config() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sam2/config.json");
+    let fixture = Sam2Config::from_json_file(&path).unwrap();
+    let tiny = Sam2Config::tiny();
+    assert_eq!(serde_json::to_value(&tiny).unwrap(), serde_json::to_value(&fixture).unwrap());
+}
+
+#[test]
+fn tiny_parts_have_the_documented_shapes_and_every_term_trains() {
+    let device = Device::flex().autodiff();
+    device.seed(1);
+    let cfg = PerceptioConfig::tiny(BASE, IMG as usize);
+    assert_eq!(cfg.image_tokens(), 16);
+    let model = cfg.init(&device).unwrap();
+    let sp = specials();
+    let seqs = vec![sequence(&sp, true, 100), sequence(&sp, false, 100)];
+    let tokens = TokenBatch::new(seqs, sp.pad);
+    let b = 2;
+    let pixels = Tensor::<4>::random([b, 3, 112, 112], Distribution::Normal(0.0, 1.0), &device);
+    let image = model.image.forward(pixels.clone()); // [2, 16, 128]
+    assert_eq!(image.dims(), [b, 16, 128]);
+    let out = model.llm.forward(&tokens.ids, Some(image.clone())).unwrap();
+    assert_eq!(out.logits.dims(), [b, tokens.seq_len(), BASE + 131]);
+    // a prompt with the wrong number of image slots is refused with the counts
+    let mut bad = tokens.ids.clone();
+    bad[0][3] = 1;
+    let err = model.llm.forward(&bad, Some(image)).unwrap_err().to_string();
+    assert!(err.contains("image tokens"), "{err}");
+
+    let masks = Tensor::<3>::random([b, 128, 128], Distribution::Bernoulli(0.3), &device);
+    let batch = TrainBatch {
+        tokens,
+        pixels,
+        sam_pixels: Tensor::<4>::random([b, 3, 128, 128], Distribution::Normal(0.0, 1.0), &device),
+        masks,
+        depth: Tensor::<4>::random([b, 1, 80, 80], Distribution::Uniform(-1.0, 1.0), &device),
+    };
+    let loss_cfg = LossConfig::new();
+    let terms = forward_terms(&model, &batch, &sp, &loss_cfg, cfg.depth_temperature).unwrap();
+    let v = terms.values(&loss_cfg);
+    for (name, x) in [
+        ("llm", v.llm),
+        ("seg_bce", v.seg_bce),
+        ("seg_dice", v.seg_dice),
+        ("marker", v.marker),
+        ("token", v.token),
+        ("count", v.count),
+        ("rec", v.rec),
+    ] {
+        let x = x.unwrap_or_else(|| panic!("{name} missing"));
+        assert!(x.is_finite() && x >= 0.0, "{name} = {x}");
+    }
+    let grads = terms.total(&loss_cfg).unwrap().backward();
+    let g = model.llm.new_head.val().grad(&grads).expect("added-token head rows get a gradient");
+    assert!(g.abs().sum().into_scalar::<f32>() > 0.0);
+    let g = model.seg.text_hidden_fcs.fc1.weight.val().grad(&grads).expect("[SEG] projection gets a gradient");
+    assert!(g.abs().sum().into_scalar::<f32>() > 0.0);
+    // the frozen SAM2 encoder and VQ-VAE get none
+    assert!(model.seg.sam2.vision_encoder.neck.convs[0].weight.val().grad(&grads).is_none());
+}
