@@ -122,32 +122,7 @@ pub fn decode_png_rgb(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize), String> 
     Ok((out, h, w))
 }
 
-/// Bilinear resize of a [3, h, w] image to [3, size, size] (pixel centres aligned, as `align_corners=False`).
-pub fn resize_bilinear(src: &[f32], h: usize, w: usize, size: usize) -> Vec<f32> {
-    if h == size && w == size {
-        return src.to_vec();
-    }
-    let mut out = vec![0f32; 3 * size * size];
-    let sy = h as f32 / size as f32;
-    let sx = w as f32 / size as f32;
-    for y in 0..size {
-        let fy = ((y as f32 + 0.5) * sy - 0.5).clamp(0.0, (h - 1) as f32);
-        let (y0, ty) = (fy.floor() as usize, fy - fy.floor());
-        let y1 = (y0 + 1).min(h - 1);
-        for x in 0..size {
-            let fx = ((x as f32 + 0.5) * sx - 0.5).clamp(0.0, (w - 1) as f32);
-            let (x0, tx) = (fx.floor() as usize, fx - fx.floor());
-            let x1 = (x0 + 1).min(w - 1);
-            for c in 0..3 {
-                let p = |yy: usize, xx: usize| src[c * h * w + yy * w + xx];
-                let top = p(y0, x0) * (1.0 - tx) + p(y0, x1) * tx;
-                let bottom = p(y1, x0) * (1.0 - tx) + p(y1, x1) * tx;
-                out[c * size * size + y * size + x] = top * (1.0 - ty) + bottom * ty;
-            }
-        }
-    }
-    out
-}
+pub use perceptio_models::perceptio::image::resize_bilinear;
 
 impl Node for ImageDecode {
     fn process(&mut self, _port: &str, frame: Frame, out: &mut Outputs) -> Result<(), NodeError> {

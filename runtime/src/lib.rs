@@ -21,4 +21,4 @@ pub use message::{Message, Signal};
 pub use metrics::{GraphStats, RunSummary};
 pub use node::{ERROR_PORT, Node, NodeError, NodeImpl, Outputs, Source, SourceState};
 pub use perceptio_schemas as schemas;
-pub use train::{GradRequest, GradTicket, StepGrads, grad_request};
+pub use train::{GradRequest, GradTicket, StepGrads, autodiff_guard, grad_request};

@@ -126,6 +126,13 @@ impl Outputs {
         self.flags.drain.load(Ordering::Relaxed)
     }
 
+    /// Asks for a graceful stop of the whole run, as a caller's drain does: sources stop reading and what is in
+    /// flight drains through the graph. For a node that has all the input it will ever use (a trainer past its
+    /// last step in front of a many-epoch replay); every other branch of the graph stops reading too.
+    pub fn request_drain(&self) {
+        self.flags.drain.store(true, Ordering::Relaxed);
+    }
+
     /// Tells progress reporting how many rows this source will read in total.
     pub fn set_expected_rows(&self, rows: u64) {
         self.metrics.rows_expected.store(rows, Ordering::Relaxed);

@@ -7,14 +7,30 @@
 //! accumulation window all nodes agree on the global gradient norm through [`StepGrads::global_norm`] before each
 //! applies its optimiser step. A request whose frame is dropped (the row failed) closes its ticket: the node
 //! sees "no gradients" instead of waiting forever.
+//!
+//! [`autodiff_guard`] serialises autodiff work across node threads (see its docs).
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use burn::tensor::Gradients;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::node::NodeError;
+
+/// burn 0.22.1's autodiff keeps one global registry of graphs and sweeps unused nodes at the end of every backward
+/// pass; with several threads building and consuming graphs at once, nodes of a graph still being built get reclaimed
+/// (tracel-ai/burn#5573, fixed upstream after 0.22.1). In a training graph every node builds autodiff tensors on its
+/// own thread, and the race surfaced as "graph tape has already been consumed" after a few dozen steps; a
+/// reader-writer split (building shared, backward exclusive) still failed, so all autodiff work is serialised by
+/// this one lock. Frozen work (the SAM2 encoder) runs on the plain backend outside it, so the pipeline still
+/// overlaps it with the trainable chain. Never hold the guard while blocking on an edge or a gradient ticket.
+static AUTODIFF: Mutex<()> = Mutex::new(());
+
+/// Guard for any work that builds or consumes autodiff graphs (forward passes, backward, optimiser updates).
+pub fn autodiff_guard() -> MutexGuard<'static, ()> {
+    AUTODIFF.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The aggregator's answer for one micro-batch.
 pub struct StepGrads {

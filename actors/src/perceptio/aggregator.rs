@@ -19,7 +19,7 @@ use perceptio_runtime::schemas::{FieldSpec, PortSchema};
 use perceptio_runtime::train::distinct_requests;
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
-    Signal, StepGrads, parse_params,
+    Signal, StepGrads, autodiff_guard, parse_params,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -241,6 +241,13 @@ impl Node for Aggregator {
         let depth = parts.remove("depth");
         let info = StepInfo::of(&text)?;
         let tokens = TokenBatch::new(read_sequences(text.batch())?, self.specials.pad);
+        let requests = distinct_requests(
+            text.grad_requests()
+                .iter()
+                .chain(seg.iter().flat_map(|f| f.grad_requests()))
+                .chain(depth.iter().flat_map(|f| f.grad_requests())),
+        );
+        let work = autodiff_guard();
         let mut terms: LossTerms =
             token_terms(text.tensor::<Tensor<3>>("logits")?, &tokens, &self.specials, &self.loss);
         if self.loss.seg != 0.0 {
@@ -253,12 +260,8 @@ impl Node for Aggregator {
         let total = terms.total(&self.loss);
         let values = terms.values(&self.loss);
         let grads = total.map(|t| t.backward());
-        let requests = distinct_requests(
-            text.grad_requests()
-                .iter()
-                .chain(seg.iter().flat_map(|f| f.grad_requests()))
-                .chain(depth.iter().flat_map(|f| f.grad_requests())),
-        );
+        drop((terms, text, seg, depth));
+        drop(work);
         let answer = Arc::new(StepGrads::new(info.step, info.apply, grads, requests.len()));
         for r in &requests {
             r.fulfil(answer.clone());

@@ -21,17 +21,15 @@ use perceptio_runtime::schemas::port::{TensorKind, TensorSpec};
 use perceptio_runtime::schemas::{FieldSpec, PortSchema};
 use perceptio_runtime::{
     BuildContext, ERROR_PORT, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext,
-    PortDecl, Signal, parse_params,
+    PortDecl, Signal, autodiff_guard, parse_params,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::common::{StepInfo, TrainParams, latest_checkpoint, layout_columns};
 use super::state::TrainerState;
-use crate::image_decode::{decode_png_rgb, image_bytes, resize_bilinear};
-
-const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+use crate::image_decode::{decode_png_rgb, image_bytes};
+use perceptio_models::perceptio::image::encoder_input;
 
 /// Params of `perceptio-batch`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -226,8 +224,8 @@ impl Preparer {
         };
         let image_col = batch.column_by_name("image").ok_or("column `image` is missing")?;
         let (rgb, h, w) = image_bytes(image_col, r).and_then(decode_png_rgb).map_err(|e| format!("image: {e}"))?;
-        let pixels = normalise(resize_bilinear(&rgb, h, w, self.image_size), self.image_size);
-        let sam = normalise(resize_bilinear(&rgb, h, w, self.sam_size), self.sam_size);
+        let pixels = encoder_input(&rgb, h, w, self.image_size);
+        let sam = encoder_input(&rgb, h, w, self.sam_size);
         let mask = match batch.column_by_name("mask") {
             Some(c) if !c.is_null(r) => {
                 let bytes = image_bytes(c, r).map_err(|e| format!("mask: {e}"))?;
@@ -269,15 +267,6 @@ fn depth_codes(batch: &RecordBatch, r: usize) -> Result<Option<Vec<u32>>, String
         .map(|&v| u32::try_from(v).map_err(|_| format!("depth code {v} is negative")))
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
-}
-
-fn normalise(mut img: Vec<f32>, size: usize) -> Vec<f32> {
-    for c in 0..3 {
-        for v in &mut img[c * size * size..(c + 1) * size * size] {
-            *v = (*v - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
-        }
-    }
-    img
 }
 
 fn resize_nearest(m: &[bool], h: usize, w: usize, size: usize) -> Vec<f32> {
@@ -383,7 +372,11 @@ impl Batcher {
         let step = self.micro;
         let apply = last || (step + 1) % self.accumulation() == 0;
         let info = StepInfo { step, apply, rows_consumed: consumed };
-        out.emit("out", to_frame(rows, &self.prep, info, &self.device)?)?;
+        let frame = {
+            let _autodiff = autodiff_guard();
+            to_frame(rows, &self.prep, info, &self.device)?
+        };
+        out.emit("out", frame)?;
         self.micro += 1;
         if apply {
             let opt_step = self.micro.div_ceil(self.accumulation());
@@ -447,7 +440,13 @@ impl Node for Batcher {
         if !bad_ids.is_empty() {
             out.reject(bad_ids, reasons)?;
         }
-        self.form(out)
+        self.form(out)?;
+        if self.formed() >= self.max_micro && !out.should_drain() {
+            // every training step has its rows: stop the replay instead of reading epochs nobody uses
+            tracing::debug!(node = out.node_id(), "last micro-batch formed; draining the sources");
+            out.request_drain();
+        }
+        Ok(())
     }
 
     fn finish(&mut self, out: &mut Outputs) -> Result<(), NodeError> {

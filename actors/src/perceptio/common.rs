@@ -14,7 +14,7 @@ use burn_store::ModuleSnapshot;
 use perceptio_models::perceptio::checkpoint::{Part, save_part};
 use perceptio_models::perceptio::optim::{OptimConfig, PartOptimizer, clip_scale};
 use perceptio_models::perceptio::{Sequence, TokenBatch};
-use perceptio_runtime::{Frame, GradTicket, NodeError, Outputs, grad_request};
+use perceptio_runtime::{Frame, GradTicket, NodeError, Outputs, autodiff_guard, grad_request};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -288,11 +288,16 @@ impl<M: Module + ModuleSnapshot> TrainablePart<M> {
         };
         let module = &self.module;
         let opt = &mut self.opt;
-        answer.with_grads(|g| opt.accumulate(module, g));
-        if answer.apply {
-            let sq = self.opt.grad_sq_norm(&self.module);
+        let sq = {
+            let _autodiff = autodiff_guard();
+            answer.with_grads(|g| opt.accumulate(module, g));
+            answer.apply.then(|| opt.grad_sq_norm(module))
+        };
+        if let Some(sq) = sq {
+            // the barrier waits for the other parts: no autodiff guard held here
             let norm = answer.global_norm(sq, &cancelled)?;
             let scale = clip_scale(norm, self.optim.clip_norm);
+            let _autodiff = autodiff_guard();
             self.module = self.opt.apply(self.module.clone(), &self.optim, scale);
         }
         Ok(())

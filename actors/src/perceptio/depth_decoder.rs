@@ -8,7 +8,7 @@ use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config};
 use perceptio_models::perceptio::loss::depth_mse;
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
-    parse_params,
+    autodiff_guard, parse_params,
 };
 
 use super::common::StepInfo;
@@ -61,6 +61,7 @@ impl Node for DepthDecoderNode {
         let info = StepInfo::of(&frame)?;
         let mut loss = info.empty_frame(1)?;
         loss.inherit_grad_requests(&frame);
+        let guard = autodiff_guard();
         if !rows_of(&frame)?.is_empty() {
             let span: Tensor<3> = frame.tensor("span_logits")?;
             let target: Tensor<4> = frame.tensor("depth")?;
@@ -70,6 +71,7 @@ impl Node for DepthDecoderNode {
                 .map_err(|e| NodeError::msg(e.to_string()))?; // [B'', 1, D, D]
             loss = loss.with_tensor("rec", depth_mse(pred, target))?;
         }
+        drop(guard);
         out.emit("loss", loss)
     }
 }

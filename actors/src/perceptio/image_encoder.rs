@@ -8,7 +8,7 @@ use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config};
 use perceptio_runtime::schemas::port::{TensorKind, TensorSpec};
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
-    Signal, parse_params,
+    Signal, autodiff_guard, parse_params,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -73,9 +73,12 @@ struct ImageEncoderNode {
 
 impl Node for ImageEncoderNode {
     fn process(&mut self, _port: &str, frame: Frame, out: &mut Outputs) -> Result<(), NodeError> {
-        let pixels: Tensor<4> = frame.tensor("pixels")?;
-        let tokens = self.part.module.forward(pixels); // [B, T, d]
-        let mut frame = frame.with_tensor("image_tokens", tokens)?;
+        let mut frame = {
+            let _autodiff = autodiff_guard();
+            let pixels: Tensor<4> = frame.tensor("pixels")?;
+            let tokens = self.part.module.forward(pixels); // [B, T, d]
+            frame.with_tensor("image_tokens", tokens)?
+        };
         self.part.request(&mut frame, &self.node);
         out.emit("out", frame)?;
         self.part.settle(out)

@@ -8,7 +8,7 @@ use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config};
 use perceptio_runtime::schemas::port::{TensorKind, TensorSpec};
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
-    Signal, parse_params,
+    Signal, autodiff_guard, parse_params,
 };
 
 use super::batch::batch_schema;
@@ -82,9 +82,12 @@ impl Node for LlmNode {
     fn process(&mut self, _port: &str, frame: Frame, out: &mut Outputs) -> Result<(), NodeError> {
         let seqs = read_sequences(frame.batch())?;
         let batch = perceptio_models::perceptio::TokenBatch::new(seqs, self.pad);
-        let image: Tensor<3> = frame.tensor("image_tokens")?;
-        let o = self.part.module.forward(&batch.ids, Some(image)).map_err(|e| NodeError::msg(e.to_string()))?;
-        let mut frame = frame.with_tensor("hidden", o.hidden)?.with_tensor("logits", o.logits)?;
+        let mut frame = {
+            let _autodiff = autodiff_guard();
+            let image: Tensor<3> = frame.tensor("image_tokens")?;
+            let o = self.part.module.forward(&batch.ids, Some(image)).map_err(|e| NodeError::msg(e.to_string()))?;
+            frame.with_tensor("hidden", o.hidden)?.with_tensor("logits", o.logits)?
+        };
         self.part.request(&mut frame, &self.node);
         out.emit("out", frame)?;
         self.part.settle(out)

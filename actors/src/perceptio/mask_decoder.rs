@@ -11,7 +11,7 @@ use perceptio_models::perceptio::step::{seg_terms, select_rows};
 use perceptio_runtime::schemas::PortSchema;
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
-    Signal, parse_params,
+    Signal, autodiff_guard, parse_params,
 };
 
 use super::common::{Join, StepInfo, TrainablePart};
@@ -88,6 +88,7 @@ impl Node for MaskDecoderNode {
         let rows = rows_of(&seg)?;
         let mut loss = info.empty_frame(1)?;
         loss.inherit_grad_requests(&seg);
+        let guard = autodiff_guard();
         if !rows.is_empty() {
             let levels =
                 ["fpn0", "fpn1", "fpn2"].map(|n| features.tensor::<Tensor<4>>(n).map(|t| select_rows(t, &rows)));
@@ -103,6 +104,8 @@ impl Node for MaskDecoderNode {
                 loss = loss.with_tensor("seg_bce", bce)?.with_tensor("seg_dice", dice)?;
             }
         }
+        drop((seg, features));
+        drop(guard);
         self.part.request(&mut loss, &self.node);
         out.emit("loss", loss)?;
         self.part.settle(out)

@@ -16,7 +16,7 @@ use perceptio_runtime::schemas::port::{TensorKind, TensorSpec};
 use perceptio_runtime::schemas::{FieldSpec, PortSchema};
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
-    parse_params,
+    autodiff_guard, parse_params,
 };
 
 use super::common::{StepInfo, read_sequences};
@@ -106,6 +106,9 @@ impl Node for TokenRouter {
     fn process(&mut self, _port: &str, frame: Frame, out: &mut Outputs) -> Result<(), NodeError> {
         let info = StepInfo::of(&frame)?;
         let tokens = TokenBatch::new(read_sequences(frame.batch())?, self.specials.pad);
+        let guard = autodiff_guard();
+        let mut seg = None;
+        let mut depth = None;
         if out.is_connected("seg") {
             let f = match seg_hidden(frame.tensor::<Tensor<3>>("hidden")?, &tokens) {
                 Some((hidden, rows)) => rows_frame(info, &rows, &frame)?
@@ -113,7 +116,7 @@ impl Node for TokenRouter {
                     .with_tensor("masks", select_rows(frame.tensor::<Tensor<3>>("masks")?, &rows))?,
                 None => rows_frame(info, &[], &frame)?,
             };
-            out.emit("seg", f)?;
+            seg = Some(f);
         }
         if out.is_connected("depth") {
             let logits: Tensor<3> = frame.tensor("logits")?;
@@ -123,6 +126,13 @@ impl Node for TokenRouter {
                     .with_tensor("depth", select_rows(frame.tensor::<Tensor<4>>("depth")?, &rows))?,
                 None => rows_frame(info, &[], &frame)?,
             };
+            depth = Some(f);
+        }
+        drop(guard); // emits may block on full edges
+        if let Some(f) = seg {
+            out.emit("seg", f)?;
+        }
+        if let Some(f) = depth {
             out.emit("depth", f)?;
         }
         out.emit("text", frame)

@@ -9,7 +9,7 @@ use perceptio_runtime::schemas::PortSchema;
 use perceptio_runtime::schemas::port::{TensorKind, TensorSpec};
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
-    parse_params,
+    autodiff_guard, parse_params,
 };
 
 use super::batch::batch_schema;
@@ -51,8 +51,8 @@ impl NodeKind for Sam2EncoderKind {
     fn build(&self, ctx: &BuildContext<'_>) -> Result<NodeImpl, ParamError> {
         let p: PartParams = parse_params(ctx.params)?;
         let err = |e: String| ParamError::general(e);
-        // same device kind as the trainable nodes so the features combine with their tensors
-        let device = ctx.device.clone().autodiff();
+        // frozen and inference only: the plain backend (its outputs are lifted to autodiff tensors)
+        let device = ctx.device.clone().without_autodiff();
         let dir = p.train.start_dir().map_err(|e| err(e.to_string()))?;
         let cfg = read_config(&dir).map_err(|e| err(e.to_string()))?;
         let seg = cfg.init_seg(&device).map_err(|e| err(e.to_string()))?;
@@ -68,14 +68,17 @@ struct Sam2EncoderNode {
 impl Node for Sam2EncoderNode {
     fn process(&mut self, _port: &str, frame: Frame, out: &mut Outputs) -> Result<(), NodeError> {
         let info = StepInfo::of(&frame)?;
-        let pixels: Tensor<4> = frame.tensor("sam_pixels")?;
+        // frozen: encode on the plain backend, outside the autodiff lock (overlaps with the trainable chain)
+        let pixels: Tensor<4> = {
+            let _autodiff = autodiff_guard();
+            frame.tensor::<Tensor<4>>("sam_pixels")?.inner() // [B, 3, S, S]
+        };
         let levels = self.seg.encode(pixels).map_err(|e| NodeError::msg(e.to_string()))?;
-        let [f0, f1, f2] = levels.map(|l| l.detach());
-        let features = info
-            .empty_frame(frame.rows())?
-            .with_tensor("fpn0", f0)?
-            .with_tensor("fpn1", f1)?
-            .with_tensor("fpn2", f2)?;
+        let features = {
+            let _autodiff = autodiff_guard();
+            let [f0, f1, f2] = levels.map(Tensor::from_inner);
+            info.empty_frame(frame.rows())?.with_tensor("fpn0", f0)?.with_tensor("fpn1", f1)?.with_tensor("fpn2", f2)?
+        };
         out.emit("out", features)
     }
 }

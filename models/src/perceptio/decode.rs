@@ -87,8 +87,18 @@ pub struct Generated {
     pub seg_hidden: Option<Tensor<1>>,
 }
 
+/// What generation reports as it goes (see [`generate_streaming`]).
+#[derive(Debug)]
+pub enum DecodeEvent<'a> {
+    /// Row `row` generated `id`.
+    Token { row: usize, id: u32 },
+    /// Row `row`'s `[SEG]` hidden state `[d]` is known (right after `[SEG]` was fed back).
+    SegHidden { row: usize, hidden: &'a Tensor<1> },
+}
+
 /// Greedy constrained generation for a batch of prompts (left-padded together) whose `<IMG_CONTEXT>` slots take
-/// `image` `[B, T, d]` (None: text only). Stops a row at `<|im_end|>` or after `max_new` tokens.
+/// the image tokens of `pixels` `[B, 3, p, p]` (None: text only). Stops a row at `<|im_end|>` or after `max_new`
+/// tokens.
 pub fn generate(
     image_part: &ImageEncoderPart,
     llm: &LlmPart,
@@ -97,6 +107,22 @@ pub fn generate(
     sp: &SpecialTokens,
     span_len: usize,
     max_new: usize,
+) -> Result<Vec<Generated>, ModelError> {
+    generate_streaming(image_part, llm, prompts, pixels, sp, span_len, max_new, &mut |_| true)
+}
+
+/// [`generate`], calling `on_event` as tokens and `[SEG]` states appear; `on_event` returning false stops that
+/// row (a cancelled request) and the batch goes on without it.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_streaming(
+    image_part: &ImageEncoderPart,
+    llm: &LlmPart,
+    prompts: &[Vec<u32>],
+    pixels: Option<Tensor<4>>,
+    sp: &SpecialTokens,
+    span_len: usize,
+    max_new: usize,
+    on_event: &mut dyn FnMut(DecodeEvent<'_>) -> bool,
 ) -> Result<Vec<Generated>, ModelError> {
     let b = prompts.len();
     let image = pixels.map(|p| image_part.forward(p)); // [B, T, d]
@@ -127,7 +153,8 @@ pub fn generate(
             if !done[i] {
                 out[i].ids.push(next);
                 constraints[i].advance(next, sp);
-                done[i] = next == sp.im_end;
+                let go_on = on_event(DecodeEvent::Token { row: i, id: next });
+                done[i] = next == sp.im_end || !go_on;
             }
             feed.push(vec![next]);
         }
@@ -139,7 +166,11 @@ pub fn generate(
         last = lm.model.forward_embeds(x, Some(&step_pad), Some(&mut cache)); // [B, 1, d]
         for (i, f) in feed.iter().enumerate() {
             if f[0] == sp.seg && out[i].seg_hidden.is_none() && out[i].ids.last() == Some(&sp.seg) {
-                out[i].seg_hidden = Some(last.clone().slice([i..i + 1, 0..1, 0..d]).reshape([d])); // [d]
+                let hidden = last.clone().slice([i..i + 1, 0..1, 0..d]).reshape([d]); // [d]
+                if !on_event(DecodeEvent::SegHidden { row: i, hidden: &hidden }) {
+                    done[i] = true;
+                }
+                out[i].seg_hidden = Some(hidden);
             }
         }
     }

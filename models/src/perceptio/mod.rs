@@ -9,16 +9,20 @@
 //! - `heads`: the `[SEG]` projection and the gather of `[SEG]` hidden states.
 //! - `optim`: AdamW, warm-up + cosine schedule, accumulation, global-norm clipping, saved state.
 //! - `decode`: constrained decoding of the depth span and greedy generation keeping the `[SEG]` state.
+//! - `image`: resizing and normalisation of encoder inputs.
+//! - `predict`: answering questions with a trained model (generation, then the mask and depth heads).
 //! - `checkpoint`: the model directory (config, tokenizer, one weights file per part).
 //! - `step`: one training step of the whole model as a single function.
 
 pub mod checkpoint;
 pub mod decode;
 pub mod heads;
+pub mod image;
 pub mod layout;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod predict;
 pub mod sequence;
 pub mod step;
 pub mod tokens;
