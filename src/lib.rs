@@ -2,7 +2,9 @@
 //!
 //! This facade re-exports the crates a user of the library needs: the dataflow engine ([`runtime`]), the node
 //! kinds ([`actors`]), the schemas ([`schemas`]), the models ([`models`]) and the synthetic world ([`synth`]).
-//! [`registry`] returns every node kind a dataflow file may use.
+//! [`registry`] returns every node kind a dataflow file may use; [`serve`] embeds a serving graph in a program.
+
+pub mod serve;
 
 pub use perceptio_actors as actors;
 pub use perceptio_models as models;

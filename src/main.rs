@@ -5,7 +5,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cli::{dataflow, demo, depth, generate, init_model, segment, synth, train_vqvae};
+use cli::{ask, dataflow, demo, depth, eval, generate, init_model, segment, synth, train_vqvae};
 
 /// perceptio trains and serves perception-enhanced vision-language models as a backpressured actor dataflow.
 #[derive(Parser, Debug)]
@@ -41,6 +41,10 @@ enum Command {
     TrainVqvae(train_vqvae::TrainVqvaeArgs),
     /// Write a fresh tiny Perceptio model directory (tokenizer from a dataset, trained VQ-VAE) to train from.
     InitModel(init_model::InitModelArgs),
+    /// Evaluate a trained Perceptio on a dataset split (dataflows/eval.yaml) and print the results table.
+    Eval(eval::EvalArgs),
+    /// Ask a trained Perceptio a question about a PNG image; writes mask.png and depth.png.
+    Ask(ask::AskArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,8 +66,10 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Segment(args) => segment::run(args),
         Command::Depth(args) => depth::run(args),
-        Command::TrainVqvae(args) => train_vqvae::run(args),
+        Command::TrainVqvae(args) => train_vqvae::run(args).map(|_| ()),
         Command::InitModel(args) => init_model::run(args),
+        Command::Eval(args) => tokio_main(eval::run(args)),
+        Command::Ask(args) => ask::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,5 +28,8 @@ pub fn registry() -> Registry {
     r.register(perceptio::mask_decoder::MaskDecoderKind);
     r.register(perceptio::depth_decoder::DepthDecoderKind);
     r.register(perceptio::aggregator::LossAggregatorKind);
+    perceptio::serve::register(&mut r, None);
+    r.register(perceptio::infer::PerceptioInferKind);
+    r.register(perceptio::score::PerceptioScoreKind);
     r
 }

@@ -1,8 +1,10 @@
 //! The `perceptio` command line: one module per subcommand.
 
+pub mod ask;
 pub mod dataflow;
 pub mod demo;
 pub mod depth;
+pub mod eval;
 pub mod generate;
 pub mod init_model;
 pub mod segment;

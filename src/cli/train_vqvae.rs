@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use perceptio_actors::vqvae_train::{ParquetDepth, SynthDepth, preset_config};
-use perceptio_models::depth::train::PREVIEW_FILE;
+use perceptio_models::depth::train::{PREVIEW_FILE, ValMetrics};
 use perceptio_models::depth::{DepthSource, ProceduralDepth, TrainEvent, TrainVqVaeConfig, train_vqvae};
 use perceptio_synth::{Split, SynthConfig, TaskKind};
 
@@ -65,8 +65,8 @@ fn say(bar: &ProgressBar, line: String) {
     }
 }
 
-/// Runs `perceptio train-vqvae`.
-pub fn run(args: &TrainVqvaeArgs) -> anyhow::Result<()> {
+/// Runs `perceptio train-vqvae`; returns the last validation's metrics.
+pub fn run(args: &TrainVqvaeArgs) -> anyhow::Result<Option<ValMetrics>> {
     let model_cfg = preset_config(&args.preset)
         .with_context(|| format!("unknown --preset `{}` (tiny or reference)", args.preset))?;
     let side = model_cfg.input_size;
@@ -108,13 +108,13 @@ pub fn run(args: &TrainVqvaeArgs) -> anyhow::Result<()> {
         }
         std::fs::copy(args.out.join(PREVIEW_FILE), png).with_context(|| format!("copying to {}", png.display()))?;
     }
-    if let Some(m) = state.metrics {
+    if let Some(m) = &state.metrics {
         println!(
             "final (step {}): val mse {:.5}  order acc {:.4}  perplexity {:.1}  codes used {}",
             state.step, m.mse, m.order_accuracy, m.perplexity, m.codes_used
         );
     }
-    Ok(())
+    Ok(state.metrics)
 }
 
 /// The world `perceptio train-vqvae --source synth` draws from: the default world with depth rows only,

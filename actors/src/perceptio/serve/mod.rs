@@ -1,0 +1,538 @@
+//! Serving Perceptio through the graph (dataflows/serve.yaml). Requests enter through `serve-requests`, a source
+//! fed by a live channel; `perceptio-answer` batches them and answers each batch; `serve-events` delivers what
+//! the answer node reports to each request's own stream.
+//!
+//! - The live channel is a [`ServeHub`], implemented by the embedding runtime (`perceptio::serve::ServeRuntime`).
+//!   It reaches nodes built from a file through a per-runtime registry: [`register`] with `Some(hub)` replaces the
+//!   detached kinds of the global registry. Detached, `serve-requests` and `serve-events` refuse to build (there is
+//!   nothing to read from or deliver to), but `perceptio validate` accepts the file.
+//! - One node runs the whole [`Predictor`](perceptio_models::perceptio::predict::Predictor) (image encoder, LLM
+//!   with constrained decoding, `[SEG]` head and SAM2 decoder, VQ-VAE decoder) for a batch; it is not split into
+//!   encoder / LLM / router / decoder nodes. Tokens stream as they are decoded (one frame per decode step), but
+//!   the Predictor decodes the mask and the depth map after the batch's generation ends, so `Mask` and `Depth`
+//!   events follow the batch's last token rather than the `[SEG]` / `<d_end>` token.
+//! - Frames are plain Arrow: requests as [`request_schema`] rows, events as [`event_schema`] rows (one row per
+//!   event, in order), so the edges keep their row budgets and the graph's metrics count requests and events.
+
+pub mod answer;
+pub mod events;
+pub mod requests;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Float32Builder, ListArray, ListBuilder, RecordBatch, StringArray,
+    UInt32Array, UInt32Builder, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use perceptio_runtime::{Frame, NodeError, Registry};
+
+/// The image of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageInput {
+    /// PNG file bytes (decoded by the answer node; a malformed file fails that request only).
+    Png(Vec<u8>),
+    /// Interleaved 8-bit RGB, row-major, `3 * width * height` bytes.
+    Rgb8 { width: usize, height: usize, pixels: Vec<u8> },
+}
+
+/// One request as the runtime hands it to `serve-requests`.
+#[derive(Debug, Clone)]
+pub struct ServeRequest {
+    /// The runtime's id of the request (events are delivered by it).
+    pub id: u64,
+    pub image: ImageInput,
+    pub question: String,
+    /// Most tokens to generate for this request.
+    pub max_new_tokens: usize,
+    /// When it was submitted, on the [`clock_ns`] clock.
+    pub submitted_ns: u64,
+}
+
+/// What a request's stream receives, in this order: tokens as they are decoded, then `Mask` (when `[SEG]` was
+/// generated), `Depth` (when a complete depth span was generated), and `Done`; or `Error` at any point. `Done`
+/// and `Error` end the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServeEvent {
+    /// One generated token (`text` is empty for special tokens: `[SEG]`, the depth span, `<|im_end|>`).
+    Token { text: String, id: u32 },
+    /// The `[SEG]` mask: probabilities in [0, 1], row-major `size x size` (see [`mask_png`]).
+    Mask { probs: Vec<f32>, size: usize },
+    /// The decoded depth span: normalised depth in [-1, 1] (near = -1), row-major `size x size`.
+    Depth { values: Vec<f32>, size: usize },
+    /// The complete answer.
+    Done { answer: ServeAnswer, timings: ServeTimings },
+    /// The request failed (bad image, over-long prompt, a model error, the runtime stopping).
+    Error { message: String },
+}
+
+impl ServeEvent {
+    /// Whether this event ends the stream.
+    pub fn is_final(&self) -> bool {
+        matches!(self, ServeEvent::Done { .. } | ServeEvent::Error { .. })
+    }
+}
+
+/// The final answer of a request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServeAnswer {
+    /// The text after the perception tokens.
+    pub text: String,
+    /// Every generated id (up to and including `<|im_end|>` when reached).
+    pub ids: Vec<u32>,
+    /// Whether `[SEG]` was generated.
+    pub seg: bool,
+    /// The code indices of the depth span (None without one).
+    pub depth_codes: Option<Vec<u32>>,
+}
+
+/// Where a request's time went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServeTimings {
+    /// From submission until its batch started.
+    pub queue: Duration,
+    /// Image encoding, prefill and decoding of its batch.
+    pub generate: Duration,
+    /// SAM2 encoding and mask decoding of its batch.
+    pub mask: Duration,
+    /// VQ-VAE decoding of its batch.
+    pub depth: Duration,
+    /// From submission until the answer node emitted `Done`.
+    pub total: Duration,
+}
+
+/// The runtime's request channel is closed and drained: the source ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request channel is closed")]
+pub struct HubClosed;
+
+/// The live side of a serving graph, implemented by the embedding runtime.
+pub trait ServeHub: Send + Sync {
+    /// Waits up to `timeout` for submitted requests and returns up to `max` of those waiting (none on timeout).
+    /// `Err(HubClosed)` once the runtime stopped accepting requests and every submitted one was handed out.
+    fn recv_requests(&self, timeout: Duration, max: usize) -> Result<Vec<ServeRequest>, HubClosed>;
+    /// Whether the request was cancelled (or its stream dropped, or it already ended): stop working on it.
+    fn is_cancelled(&self, request: u64) -> bool;
+    /// Delivers one event to the request's stream (dropped when the request is gone); a final event ends it.
+    fn deliver(&self, request: u64, event: ServeEvent);
+}
+
+/// Registers `serve-requests`, `perceptio-answer` and `serve-events` bound to `hub` (None: the detached kinds of
+/// the global registry, for validation).
+pub fn register(registry: &mut Registry, hub: Option<Arc<dyn ServeHub>>) {
+    registry.register(requests::ServeRequestsKind { hub: hub.clone() });
+    registry.register(answer::PerceptioAnswerKind { hub: hub.clone() });
+    registry.register(events::ServeEventsKind { hub });
+}
+
+/// Nanoseconds on a monotonic clock shared by the runtime and the nodes (zero at its first use in the process).
+pub fn clock_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The message a detached kind fails to build with.
+fn detached(kind: &str) -> perceptio_runtime::ParamError {
+    perceptio_runtime::ParamError::general(format!(
+        "`{kind}` needs a live request channel: run this dataflow through perceptio::serve::ServeRuntime \
+         (e.g. examples/http_service.rs), not `perceptio run`"
+    ))
+}
+
+/// The columns of a request frame.
+pub fn request_schema() -> Schema {
+    Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("image", DataType::Binary, false),
+        Field::new("format", DataType::Utf8, false),
+        Field::new("width", DataType::UInt32, false),
+        Field::new("height", DataType::UInt32, false),
+        Field::new("question", DataType::Utf8, false),
+        Field::new("max_new_tokens", DataType::UInt32, false),
+        Field::new("submitted_ns", DataType::UInt64, false),
+    ])
+}
+
+/// The image format names of the `format` column.
+const PNG: &str = "png";
+const RGB8: &str = "rgb8";
+
+/// Requests as one frame ([`request_schema`]).
+pub fn request_frame(requests: &[ServeRequest]) -> Result<Frame, NodeError> {
+    let (format, width, height): (Vec<&str>, Vec<u32>, Vec<u32>) = requests
+        .iter()
+        .map(|r| match &r.image {
+            ImageInput::Png(_) => (PNG, 0, 0),
+            ImageInput::Rgb8 { width, height, .. } => (RGB8, *width as u32, *height as u32),
+        })
+        .fold((Vec::new(), Vec::new(), Vec::new()), |(mut f, mut w, mut h), (a, b, c)| {
+            f.push(a);
+            w.push(b);
+            h.push(c);
+            (f, w, h)
+        });
+    let bytes: Vec<&[u8]> = requests
+        .iter()
+        .map(|r| match &r.image {
+            ImageInput::Png(b) => b.as_slice(),
+            ImageInput::Rgb8 { pixels, .. } => pixels.as_slice(),
+        })
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(requests.iter().map(|r| r.id.to_string()))),
+        Arc::new(BinaryArray::from_vec(bytes)),
+        Arc::new(StringArray::from(format)),
+        Arc::new(UInt32Array::from(width)),
+        Arc::new(UInt32Array::from(height)),
+        Arc::new(StringArray::from_iter_values(requests.iter().map(|r| r.question.as_str()))),
+        Arc::new(UInt32Array::from_iter_values(
+            requests.iter().map(|r| r.max_new_tokens.min(u32::MAX as usize) as u32),
+        )),
+        Arc::new(UInt64Array::from_iter_values(requests.iter().map(|r| r.submitted_ns))),
+    ];
+    Ok(Frame::new(RecordBatch::try_new(Arc::new(request_schema()), columns)?))
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, NodeError> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| NodeError::msg(format!("column `{name}` is missing")))?
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| NodeError::msg(format!("column `{name}` has the wrong type")))
+}
+
+/// One request row read back from a frame; `Err` names the row's problem (the row fails, not the node).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRow {
+    /// The `id` cell as written (for error records).
+    pub id: String,
+    pub image: ImageInput,
+    pub question: String,
+    pub max_new_tokens: usize,
+    pub submitted_ns: u64,
+}
+
+/// Reads the request rows of a frame ([`request_schema`]). A missing column fails the frame.
+pub fn read_requests(frame: &Frame) -> Result<Vec<RequestRow>, NodeError> {
+    let b = frame.batch();
+    let id = column::<StringArray>(b, "id")?;
+    let image = column::<BinaryArray>(b, "image")?;
+    let format = column::<StringArray>(b, "format")?;
+    let width = column::<UInt32Array>(b, "width")?;
+    let height = column::<UInt32Array>(b, "height")?;
+    let question = column::<StringArray>(b, "question")?;
+    let max_new = column::<UInt32Array>(b, "max_new_tokens")?;
+    let submitted = column::<UInt64Array>(b, "submitted_ns")?;
+    (0..b.num_rows())
+        .map(|r| {
+            let bytes = image.value(r).to_vec();
+            let image = match format.value(r) {
+                PNG => ImageInput::Png(bytes),
+                RGB8 => {
+                    ImageInput::Rgb8 { width: width.value(r) as usize, height: height.value(r) as usize, pixels: bytes }
+                }
+                other => return Err(NodeError::msg(format!("row {r}: unknown image format `{other}`"))),
+            };
+            Ok(RequestRow {
+                id: id.value(r).to_string(),
+                image,
+                question: question.value(r).to_string(),
+                max_new_tokens: max_new.value(r) as usize,
+                submitted_ns: submitted.value(r),
+            })
+        })
+        .collect()
+}
+
+/// The columns of an event frame: one row per event; the columns an event kind does not use are null.
+pub fn event_schema() -> Schema {
+    let list = |item: DataType| DataType::List(Arc::new(Field::new("item", item, true)));
+    Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("event", DataType::Utf8, false),
+        Field::new("token", DataType::UInt32, true),
+        Field::new("text", DataType::Utf8, true),
+        Field::new("size", DataType::UInt32, true),
+        Field::new("values", list(DataType::Float32), true),
+        Field::new("ids", list(DataType::UInt32), true),
+        Field::new("depth_codes", list(DataType::UInt32), true),
+        Field::new("seg", DataType::Boolean, true),
+        Field::new("queue_ns", DataType::UInt64, true),
+        Field::new("generate_ns", DataType::UInt64, true),
+        Field::new("mask_ns", DataType::UInt64, true),
+        Field::new("depth_ns", DataType::UInt64, true),
+        Field::new("total_ns", DataType::UInt64, true),
+    ])
+}
+
+fn ns(d: Duration) -> Option<u64> {
+    Some(d.as_nanos().min(u64::MAX as u128) as u64)
+}
+
+/// Events of requests as one frame ([`event_schema`]), in order.
+pub fn event_frame(events: &[(u64, ServeEvent)]) -> Result<Frame, NodeError> {
+    let n = events.len();
+    let mut kind = Vec::with_capacity(n);
+    let mut token = Vec::with_capacity(n);
+    let mut text: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut size = Vec::with_capacity(n);
+    let mut values = ListBuilder::new(Float32Builder::new());
+    let mut ids = ListBuilder::new(UInt32Builder::new());
+    let mut codes = ListBuilder::new(UInt32Builder::new());
+    let mut seg = Vec::with_capacity(n);
+    let mut times: [Vec<Option<u64>>; 5] = Default::default();
+    for (_, e) in events {
+        let (mut tok, mut txt, mut sz, mut vals, mut all, mut cds, mut sg, mut tm) =
+            (None, None, None, None, None, None, None, None);
+        let name = match e {
+            ServeEvent::Token { text, id } => {
+                (tok, txt) = (Some(*id), Some(text.as_str()));
+                "token"
+            }
+            ServeEvent::Mask { probs, size } => {
+                (sz, vals) = (Some(*size as u32), Some(probs.as_slice()));
+                "mask"
+            }
+            ServeEvent::Depth { values, size } => {
+                (sz, vals) = (Some(*size as u32), Some(values.as_slice()));
+                "depth"
+            }
+            ServeEvent::Done { answer, timings: t } => {
+                (txt, all, cds, sg) = (
+                    Some(answer.text.as_str()),
+                    Some(answer.ids.as_slice()),
+                    answer.depth_codes.as_deref(),
+                    Some(answer.seg),
+                );
+                tm = Some([t.queue, t.generate, t.mask, t.depth, t.total]);
+                "done"
+            }
+            ServeEvent::Error { message } => {
+                txt = Some(message.as_str());
+                "error"
+            }
+        };
+        kind.push(name);
+        token.push(tok);
+        text.push(txt);
+        size.push(sz);
+        seg.push(sg);
+        match vals {
+            Some(v) => {
+                values.values().append_slice(v);
+                values.append(true);
+            }
+            None => values.append_null(),
+        }
+        for (builder, list) in [(&mut ids, all), (&mut codes, cds)] {
+            match list {
+                Some(v) => {
+                    builder.values().append_slice(v);
+                    builder.append(true);
+                }
+                None => builder.append_null(),
+            }
+        }
+        for (k, column) in times.iter_mut().enumerate() {
+            column.push(tm.and_then(|t| ns(t[k])));
+        }
+    }
+    let [queue, generate, mask, depth, total] = times;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(events.iter().map(|(id, _)| id.to_string()))),
+        Arc::new(StringArray::from(kind)),
+        Arc::new(UInt32Array::from(token)),
+        Arc::new(StringArray::from(text)),
+        Arc::new(UInt32Array::from(size)),
+        Arc::new(values.finish()),
+        Arc::new(ids.finish()),
+        Arc::new(codes.finish()),
+        Arc::new(BooleanArray::from(seg)),
+        Arc::new(UInt64Array::from(queue)),
+        Arc::new(UInt64Array::from(generate)),
+        Arc::new(UInt64Array::from(mask)),
+        Arc::new(UInt64Array::from(depth)),
+        Arc::new(UInt64Array::from(total)),
+    ];
+    Ok(Frame::new(RecordBatch::try_new(Arc::new(event_schema()), columns)?))
+}
+
+fn list_values<T: arrow::datatypes::ArrowPrimitiveType>(
+    list: &ListArray,
+    row: usize,
+    name: &str,
+) -> Result<Option<Vec<T::Native>>, NodeError> {
+    if list.is_null(row) {
+        return Ok(None);
+    }
+    let v = list.value(row);
+    let v = v
+        .as_any()
+        .downcast_ref::<arrow::array::PrimitiveArray<T>>()
+        .ok_or_else(|| NodeError::msg(format!("column `{name}` has the wrong item type")))?;
+    Ok(Some(v.values().to_vec()))
+}
+
+/// Reads the events of a frame ([`event_schema`]) back, with their request ids. A malformed frame (a missing
+/// column, a row without the cells its kind needs, an id that is not a number) fails, naming the row.
+pub fn read_events(frame: &Frame) -> Result<Vec<(u64, ServeEvent)>, NodeError> {
+    use arrow::datatypes::{Float32Type, UInt32Type};
+    let b = frame.batch();
+    let id = column::<StringArray>(b, "id")?;
+    let kind = column::<StringArray>(b, "event")?;
+    let token = column::<UInt32Array>(b, "token")?;
+    let text = column::<StringArray>(b, "text")?;
+    let size = column::<UInt32Array>(b, "size")?;
+    let values = column::<ListArray>(b, "values")?;
+    let ids = column::<ListArray>(b, "ids")?;
+    let codes = column::<ListArray>(b, "depth_codes")?;
+    let seg = column::<BooleanArray>(b, "seg")?;
+    let times: Vec<&UInt64Array> = ["queue_ns", "generate_ns", "mask_ns", "depth_ns", "total_ns"]
+        .iter()
+        .map(|n| column::<UInt64Array>(b, n))
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(b.num_rows());
+    for r in 0..b.num_rows() {
+        let bad = |what: &str| NodeError::msg(format!("event row {r} (request {}): {what}", id.value(r)));
+        let request: u64 = id.value(r).parse().map_err(|_| bad("the id is not a request number"))?;
+        let text_of = || (!text.is_null(r)).then(|| text.value(r).to_string());
+        let size_of = || (!size.is_null(r)).then(|| size.value(r) as usize).ok_or_else(|| bad("no size"));
+        let event = match kind.value(r) {
+            "token" => ServeEvent::Token {
+                text: text_of().unwrap_or_default(),
+                id: (!token.is_null(r)).then(|| token.value(r)).ok_or_else(|| bad("no token"))?,
+            },
+            "mask" => ServeEvent::Mask {
+                probs: list_values::<Float32Type>(values, r, "values")?.ok_or_else(|| bad("no values"))?,
+                size: size_of()?,
+            },
+            "depth" => ServeEvent::Depth {
+                values: list_values::<Float32Type>(values, r, "values")?.ok_or_else(|| bad("no values"))?,
+                size: size_of()?,
+            },
+            "done" => {
+                let t = |k: usize| Duration::from_nanos(if times[k].is_null(r) { 0 } else { times[k].value(r) });
+                ServeEvent::Done {
+                    answer: ServeAnswer {
+                        text: text_of().unwrap_or_default(),
+                        ids: list_values::<UInt32Type>(ids, r, "ids")?.unwrap_or_default(),
+                        seg: !seg.is_null(r) && seg.value(r),
+                        depth_codes: list_values::<UInt32Type>(codes, r, "depth_codes")?,
+                    },
+                    timings: ServeTimings { queue: t(0), generate: t(1), mask: t(2), depth: t(3), total: t(4) },
+                }
+            }
+            "error" => ServeEvent::Error { message: text_of().unwrap_or_default() },
+            other => return Err(bad(&format!("unknown event `{other}`"))),
+        };
+        out.push((request, event));
+    }
+    Ok(out)
+}
+
+/// A mask as an 8-bit grayscale PNG (probability 1 = white).
+pub fn mask_png(probs: &[f32], size: usize) -> Result<Vec<u8>, String> {
+    if probs.len() != size * size {
+        return Err(format!("{} mask values for a {size}x{size} mask", probs.len()));
+    }
+    let pixels: Vec<u8> = probs.iter().map(|p| (p.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, size as u32, size as u32);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+        writer.write_image_data(&pixels).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_a_frame() {
+        let events = vec![
+            (3, ServeEvent::Token { text: "red".into(), id: 17 }),
+            (4, ServeEvent::Token { text: String::new(), id: 2 }),
+            (3, ServeEvent::Mask { probs: vec![0.0, 0.25, 0.5, 1.0], size: 2 }),
+            (3, ServeEvent::Depth { values: vec![-1.0, 0.5, 0.25, 1.0], size: 2 }),
+            (
+                3,
+                ServeEvent::Done {
+                    answer: ServeAnswer {
+                        text: "It is red.".into(),
+                        ids: vec![17, 2],
+                        seg: true,
+                        depth_codes: Some(vec![1, 2]),
+                    },
+                    timings: ServeTimings {
+                        queue: Duration::from_nanos(5),
+                        generate: Duration::from_millis(7),
+                        mask: Duration::from_micros(3),
+                        depth: Duration::ZERO,
+                        total: Duration::from_secs(1),
+                    },
+                },
+            ),
+            (4, ServeEvent::Done { answer: ServeAnswer::default(), timings: ServeTimings::default() }),
+            (5, ServeEvent::Error { message: "image: not a PNG".into() }),
+        ];
+        let frame = event_frame(&events).unwrap();
+        assert_eq!(frame.rows(), 7);
+        assert_eq!(read_events(&frame).unwrap(), events);
+    }
+
+    #[test]
+    fn requests_round_trip_through_a_frame() {
+        let reqs = vec![
+            ServeRequest {
+                id: 9,
+                image: ImageInput::Png(vec![1, 2, 3]),
+                question: "where?".into(),
+                max_new_tokens: 8,
+                submitted_ns: 11,
+            },
+            ServeRequest {
+                id: 10,
+                image: ImageInput::Rgb8 { width: 1, height: 2, pixels: vec![0; 6] },
+                question: String::new(),
+                max_new_tokens: 1,
+                submitted_ns: 12,
+            },
+        ];
+        let rows = read_requests(&request_frame(&reqs).unwrap()).unwrap();
+        assert_eq!(rows.len(), 2);
+        for (row, req) in rows.iter().zip(&reqs) {
+            assert_eq!(row.id, req.id.to_string());
+            assert_eq!(row.image, req.image);
+            assert_eq!(
+                (row.question.as_str(), row.max_new_tokens, row.submitted_ns),
+                (req.question.as_str(), req.max_new_tokens, req.submitted_ns)
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_event_row_names_its_request() {
+        let frame = event_frame(&[(7, ServeEvent::Token { text: "a".into(), id: 1 })]).unwrap();
+        let batch = frame.batch();
+        let mut cols = batch.columns().to_vec();
+        cols[1] = Arc::new(StringArray::from(vec!["mask"]));
+        let bad = Frame::new(RecordBatch::try_new(batch.schema(), cols).unwrap());
+        let err = read_events(&bad).unwrap_err().to_string();
+        assert!(err.contains("request 7") && err.contains("no values"), "{err}");
+    }
+
+    #[test]
+    fn masks_encode_as_grayscale_png() {
+        let png = mask_png(&[0.0, 1.0, 0.5, 0.2], 2).unwrap();
+        let img = perceptio_models::internvl::decode_png_rgb(&png).unwrap();
+        assert_eq!((img.width, img.height), (2, 2));
+        assert_eq!(img.data.chunks_exact(3).map(|p| p[0]).collect::<Vec<_>>(), vec![0, 255, 128, 51]);
+        assert!(mask_png(&[0.0; 3], 2).is_err());
+    }
+}

@@ -1,0 +1,273 @@
+//! `perceptio demo`: the main job on the embedded default, with no downloads. It renders the synthetic world,
+//! trains the depth tokenizer on the training split's depth maps, caches every row's depth codes
+//! (`dataflows/cache-depth-codes.yaml`), initialises a tiny Perceptio, trains it twice through the actor graph
+//! (`dataflows/train.yaml`: the full model, and the "no depth tokens" ablation), evaluates both on the held-out
+//! test split (`dataflows/eval.yaml`) and writes `report.md` with the results table, training curves and sample
+//! answers. `--quick` runs the same stages smaller.
+
+mod plot;
+mod report;
+mod samples;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use perceptio::runtime::{Graph, RunOptions, RunSummary};
+use perceptio_actors::perceptio::init::{dataset_texts, init_tiny_model};
+use perceptio_synth::SynthConfig;
+
+use super::eval::evaluate;
+use super::train_vqvae::{self, TrainVqvaeArgs};
+use report::{Report, RunResult};
+
+const CACHE_FLOW: &str = include_str!("../../../dataflows/cache-depth-codes.yaml");
+const TRAIN_FLOW: &str = include_str!("../../../dataflows/train.yaml");
+
+/// `perceptio demo`
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Output folder (data, tokenizer, models, evaluation and report.md).
+    #[arg(long, default_value = "runs/demo")]
+    pub out: PathBuf,
+    /// A smaller run (fewer scenes and steps) that still produces a complete report.
+    #[arg(long)]
+    pub quick: bool,
+    /// Scenes to render (default 600, or 120 with --quick).
+    #[arg(long)]
+    pub scenes: Option<usize>,
+    /// Depth-tokenizer training steps (default 400, or 100 with --quick).
+    #[arg(long)]
+    pub vqvae_steps: Option<usize>,
+    /// Perceptio optimiser steps per model (default 300, or 60 with --quick).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Test rows evaluated per model (default: all, or 64 with --quick).
+    #[arg(long)]
+    pub eval_rows: Option<usize>,
+    /// World and initialisation seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// The sizes of one demo run.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub scenes: usize,
+    pub vqvae_steps: usize,
+    pub steps: usize,
+    pub eval_rows: Option<usize>,
+}
+
+impl DemoArgs {
+    fn plan(&self) -> Plan {
+        let q = self.quick;
+        Plan {
+            scenes: self.scenes.unwrap_or(if q { 120 } else { 600 }),
+            vqvae_steps: self.vqvae_steps.unwrap_or(if q { 100 } else { 400 }),
+            steps: self.steps.unwrap_or(if q { 60 } else { 300 }),
+            eval_rows: self.eval_rows.or(if q { Some(64) } else { None }),
+        }
+    }
+}
+
+fn bar(len: u64, prefix: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template("{prefix:>9} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}").expect("valid"),
+    );
+    b.set_prefix(prefix.to_string());
+    b
+}
+
+/// What a progress bar follows while a dataflow runs.
+enum Track<'a> {
+    /// Rows read by the sources.
+    Rows,
+    /// Rows a node emitted, out of a known total (a trainer's metrics rows: one per step).
+    NodeOut(&'a str, u64),
+}
+
+/// Runs an embedded dataflow with `vars` in place of the environment, with a progress bar.
+async fn run_flow(
+    label: &str,
+    file: &str,
+    yaml: &str,
+    vars: &[(&str, String)],
+    track: Track<'_>,
+) -> anyhow::Result<RunSummary> {
+    let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let lookup = move |name: &str| {
+        vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).or_else(|| std::env::var(name).ok())
+    };
+    let graph = Graph::from_yaml_with(file, yaml, &perceptio::registry(), &lookup)?;
+    let handle = graph.start(RunOptions::default()).await?;
+    let pb = bar(0, label);
+    if let Track::NodeOut(_, total) = track {
+        pb.set_length(total);
+    }
+    while !handle.is_finished() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(stats) = handle.stats().await {
+            match track {
+                Track::Rows => {
+                    pb.set_length(stats.expected());
+                    pb.set_position(stats.read());
+                }
+                Track::NodeOut(node, _) => {
+                    if let Some((_, _, n)) = stats.nodes.iter().find(|(id, _, _)| id == node) {
+                        pb.set_position(n.rows_out);
+                    }
+                }
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let summary = handle.wait().await.with_context(|| format!("running {file}"))?;
+    if summary.failed > 0 {
+        println!("{label}: {} rows failed (see the error files)", summary.failed);
+    }
+    Ok(summary)
+}
+
+fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let plan = args.plan();
+    let out = args.out.clone();
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut report = Report::new(args.quick, args.seed, plan);
+
+    // 1. The synthetic world.
+    let t = Instant::now();
+    let cfg = SynthConfig { scenes: plan.scenes, ..SynthConfig::default() };
+    let pb = bar(plan.scenes as u64, "world");
+    let (dir, seed, synth_cfg, pb2) = (out.clone(), args.seed, cfg.clone(), pb.clone());
+    let dataset = tokio::task::spawn_blocking(move || {
+        perceptio_synth::write::write_dataset(&dir, &synth_cfg, seed, |p| {
+            pb2.set_position(p.scenes_done);
+            pb2.set_message(format!("{} rows", p.rows_written));
+        })
+    })
+    .await??;
+    pb.finish_and_clear();
+    report.stage("synthetic world", secs(t));
+    report.dataset = dataset.files.iter().map(|(s, p, r, n)| (s.name().to_string(), p.clone(), *r, *n)).collect();
+    println!("world: {} scenes -> {} ({:.1}s)", plan.scenes, out.join("data").display(), secs(t));
+    let data_dir = out.join("data");
+
+    // 2. The depth tokenizer, on the training split's depth maps.
+    let t = Instant::now();
+    let vqvae = out.join("vqvae");
+    let vq_args = TrainVqvaeArgs {
+        out: vqvae.clone(),
+        preset: "tiny".into(),
+        source: "parquet".into(),
+        data: vec![data_dir.join("train-*.parquet").display().to_string()],
+        synth_size: 128,
+        steps: plan.vqvae_steps,
+        batch_size: 16,
+        lr: 1e-3,
+        val_every: plan.vqvae_steps.div_ceil(4).max(1),
+        val_size: 64,
+        seed: args.seed,
+        resume: false,
+        png: None,
+    };
+    println!("depth tokenizer: {} steps", plan.vqvae_steps);
+    let vq_metrics = tokio::task::spawn_blocking(move || train_vqvae::run(&vq_args)).await??;
+    report.vqvae = vq_metrics;
+    report.stage("depth tokenizer", secs(t));
+
+    // 3. Depth codes for every row of the training and test splits.
+    let t = Instant::now();
+    let codes = out.join("codes");
+    for split in ["train", "test"] {
+        let vars = [
+            ("PERCEPTIO_DATA", data_dir.display().to_string()),
+            ("PERCEPTIO_VQVAE", vqvae.display().to_string()),
+            ("PERCEPTIO_OUT", codes.display().to_string()),
+            ("PERCEPTIO_SPLIT", split.to_string()),
+        ];
+        let label = format!("codes {split}");
+        run_flow(&label, "dataflows/cache-depth-codes.yaml", CACHE_FLOW, &vars, Track::Rows).await?;
+    }
+    report.stage("depth codes", secs(t));
+
+    // 4. The initial model.
+    let train_files = vec![codes.join("train-00000-of-00001.parquet")];
+    let texts = dataset_texts(&train_files)?;
+    let init = out.join("model-init");
+    let (model_cfg, _) = init_tiny_model(&texts, &vqvae, &init, args.seed)?;
+    report.model = Some(model_cfg);
+
+    // 5. Train twice: the full model and the no-depth-tokens ablation.
+    let test_glob = codes.join("test-*.parquet").display().to_string();
+    for (name, depth_tokens) in [("full", true), ("no depth tokens", false)] {
+        let dir = out.join(if depth_tokens { "train-full" } else { "train-no-depth" });
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        let t = Instant::now();
+        let vars = [
+            ("PERCEPTIO_DATA", codes.join("train-*.parquet").display().to_string()),
+            ("PERCEPTIO_MODEL", init.display().to_string()),
+            ("PERCEPTIO_OUT", dir.display().to_string()),
+            ("PERCEPTIO_STEPS", plan.steps.to_string()),
+            ("PERCEPTIO_DEPTH_TOKENS", depth_tokens.to_string()),
+            ("PERCEPTIO_RESUME", "false".to_string()),
+        ];
+        println!("training `{name}`: {} steps", plan.steps);
+        let label = if depth_tokens { "train" } else { "train-abl" };
+        let summary =
+            run_flow(label, "dataflows/train.yaml", TRAIN_FLOW, &vars, Track::NodeOut("loss", plan.steps as u64))
+                .await?;
+        let train_secs = secs(t);
+        let curve = report::read_metrics(&dir.join("metrics.parquet"))?;
+        let t = Instant::now();
+        let checkpoint = latest(&dir)?;
+        println!("evaluating `{name}` on the test split");
+        let table = evaluate(&checkpoint, &test_glob, plan.eval_rows, &dir.join("eval.json")).await?;
+        report.runs.push(RunResult {
+            name: name.to_string(),
+            checkpoint,
+            train_secs,
+            eval_secs: secs(t),
+            steps: summary.stats.nodes.iter().find(|(id, _, _)| id == "loss").map_or(0, |(_, _, n)| n.rows_out),
+            curve,
+            table,
+        });
+    }
+
+    // 6. Pictures and the report.
+    let t = Instant::now();
+    let docs = out.join("report");
+    std::fs::create_dir_all(&docs).with_context(|| format!("creating {}", docs.display()))?;
+    report.curves_png = Some(report.write_curves(&docs.join("training-curves.png"))?);
+    let full = report.runs.first().map(|r| r.checkpoint.clone()).context("no training run")?;
+    let test_file = data_dir.join("test-00000-of-00001.parquet");
+    let samples_png = docs.join("samples.png");
+    let (full2, test2, png2) = (full.clone(), test_file.clone(), samples_png.clone());
+    report.samples = tokio::task::spawn_blocking(move || samples::write_samples(&full2, &test2, &png2, 8)).await??;
+    report.samples_png = Some(samples_png);
+    report.stage("pictures", secs(t));
+    report.total_secs = secs(started);
+    let path = out.join("report.md");
+    let tmp = out.join(".report.md.tmp");
+    std::fs::write(&tmp, report.markdown(&out)).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    println!("{}", report.results_table());
+    println!("report: {} ({:.0}s in total)", path.display(), report.total_secs);
+    Ok(())
+}
+
+/// The checkpoint a training output folder's `latest` file names.
+fn latest(dir: &Path) -> anyhow::Result<PathBuf> {
+    let name = std::fs::read_to_string(dir.join("latest"))
+        .with_context(|| format!("{}: training wrote no checkpoint", dir.display()))?;
+    Ok(dir.join(name.trim()))
+}

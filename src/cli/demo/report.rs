@@ -1,0 +1,358 @@
+//! The demo's `report.md`: what ran and how long it took, the depth tokenizer's validation, the results table of
+//! the full model against the no-depth-tokens ablation (as the paper's Tables 2 and 3), the goals, the training
+//! curves read back from each run's `metrics.parquet`, and sample answers.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use arrow::array::{Array, Float64Array, UInt64Array};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use perceptio_actors::perceptio::aggregator::TERM_COLUMNS;
+use perceptio_actors::perceptio::score::EvalTable;
+use perceptio_models::depth::train::ValMetrics;
+use perceptio_models::perceptio::PerceptioConfig;
+use perceptio_synth::pictures::write_png;
+
+use super::Plan;
+use super::plot::{Series, line_plot, smooth};
+use super::samples::SampleLine;
+
+/// Per-micro-batch loss terms of one training run (`None` where a batch had no such term).
+#[derive(Debug, Clone, Default)]
+pub struct Curve {
+    pub steps: Vec<f64>,
+    /// (term, values) in `TERM_COLUMNS` order, `total` first.
+    pub terms: Vec<(String, Vec<Option<f64>>)>,
+}
+
+impl Curve {
+    /// Mean of `term` over the first (or last) `n` micro-batches that have it.
+    pub fn mean(&self, term: &str, n: usize, last: bool) -> Option<f64> {
+        let (_, v) = self.terms.iter().find(|(t, _)| t == term)?;
+        let present: Vec<f64> = v.iter().flatten().copied().collect();
+        if present.is_empty() {
+            return None;
+        }
+        let k = n.min(present.len());
+        let part = if last { &present[present.len() - k..] } else { &present[..k] };
+        Some(part.iter().sum::<f64>() / k as f64)
+    }
+}
+
+/// Reads a trainer's `metrics.parquet`.
+pub fn read_metrics(path: &Path) -> anyhow::Result<Curve> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut curve =
+        Curve { steps: Vec::new(), terms: TERM_COLUMNS.iter().map(|t| (t.to_string(), Vec::new())).collect() };
+    for batch in reader {
+        let batch = batch.with_context(|| format!("reading {}", path.display()))?;
+        let step = batch
+            .column_by_name("step")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+            .with_context(|| format!("{}: no uint64 `step` column", path.display()))?;
+        curve.steps.extend(step.values().iter().map(|&s| s as f64 + 1.0));
+        for (term, values) in &mut curve.terms {
+            let col = batch
+                .column_by_name(term)
+                .and_then(|c| c.as_any().downcast_ref::<Float64Array>())
+                .with_context(|| format!("{}: no float64 `{term}` column", path.display()))?;
+            values.extend((0..col.len()).map(|i| (!col.is_null(i)).then(|| col.value(i))));
+        }
+    }
+    Ok(curve)
+}
+
+/// One trained and evaluated model.
+pub struct RunResult {
+    pub name: String,
+    pub checkpoint: PathBuf,
+    pub train_secs: f64,
+    pub eval_secs: f64,
+    pub steps: u64,
+    pub curve: Curve,
+    pub table: EvalTable,
+}
+
+/// Everything the report says.
+pub struct Report {
+    pub quick: bool,
+    pub seed: u64,
+    pub plan: Plan,
+    pub stages: Vec<(String, f64)>,
+    pub dataset: Vec<(String, PathBuf, u64, u64)>,
+    pub vqvae: Option<ValMetrics>,
+    pub model: Option<PerceptioConfig>,
+    pub runs: Vec<RunResult>,
+    pub curves_png: Option<PathBuf>,
+    pub samples_png: Option<PathBuf>,
+    pub samples: Vec<SampleLine>,
+    pub total_secs: f64,
+}
+
+const COLOURS: [[u8; 3]; 8] = [
+    [20, 20, 20],
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+];
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".to_string(), |x| format!("{x:.digits$}"))
+}
+
+impl Report {
+    pub fn new(quick: bool, seed: u64, plan: Plan) -> Self {
+        Self {
+            quick,
+            seed,
+            plan,
+            stages: Vec::new(),
+            dataset: Vec::new(),
+            vqvae: None,
+            model: None,
+            runs: Vec::new(),
+            curves_png: None,
+            samples_png: None,
+            samples: Vec::new(),
+            total_secs: 0.0,
+        }
+    }
+
+    pub fn stage(&mut self, name: &str, secs: f64) {
+        self.stages.push((name.to_string(), secs));
+    }
+
+    /// One plot per run (every term, smoothed), stacked; returns the path.
+    pub fn write_curves(&self, path: &Path) -> anyhow::Result<PathBuf> {
+        let (w, h) = (640u32, 300u32);
+        let mut rgb = Vec::new();
+        for run in &self.runs {
+            let series: Vec<Series> = run
+                .curve
+                .terms
+                .iter()
+                .enumerate()
+                .filter_map(|(k, (term, values))| {
+                    let pts: Vec<(f64, f64)> =
+                        run.curve.steps.iter().zip(values).filter_map(|(&s, v)| v.map(|v| (s, v))).collect();
+                    (!pts.is_empty()).then(|| Series {
+                        name: term.clone(),
+                        colour: COLOURS[k % COLOURS.len()],
+                        points: smooth(&pts, 9),
+                    })
+                })
+                .collect();
+            let title = format!("{}: loss terms per micro-batch (moving average of 9)", run.name);
+            rgb.extend(line_plot(&title, "step", &series, w, h));
+        }
+        let rows = self.runs.len().max(1) as u32;
+        if self.runs.is_empty() {
+            rgb = vec![255; (w * h * 3) as usize];
+        }
+        write_png(path, &rgb, w, h * rows).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path.to_path_buf())
+    }
+
+    /// The results table (markdown), full model against the ablation.
+    pub fn results_table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "| model | referring cIoU | points 3 | points 4 | points 5 | points avg | depth MSE | depth order acc | \
+             VQA acc |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        for r in &self.runs {
+            let t = &r.table;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.name,
+                opt(t.ciou(), 3),
+                opt(t.points_at(3).map(|x| 100.0 * x), 1),
+                opt(t.points_at(4).map(|x| 100.0 * x), 1),
+                opt(t.points_at(5).map(|x| 100.0 * x), 1),
+                opt(t.points_average().map(|x| 100.0 * x), 1),
+                opt(t.depth_mse(), 4),
+                opt(t.depth_order_accuracy(), 3),
+                opt(t.vqa_accuracy().map(|x| 100.0 * x), 1),
+            );
+        }
+        s
+    }
+
+    fn goals(&self) -> String {
+        let mut s = String::new();
+        let (Some(full), Some(abl)) = (self.runs.first(), self.runs.get(1)) else { return s };
+        match (full.table.points_average(), abl.table.points_average()) {
+            (Some(a), Some(b)) => {
+                let gap = 100.0 * (a - b);
+                let verdict =
+                    if gap >= 10.0 { "met".to_string() } else { format!("missed by {:.1} points", 10.0 - gap) };
+                let _ = writeln!(
+                    s,
+                    "- Point questions (3/4/5-point average): full {:.1}% vs no depth tokens {:.1}%, a gap of {gap:+.1} \
+                     points; goal >= +10 points: **{verdict}**.",
+                    100.0 * a,
+                    100.0 * b
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "- Point questions: no point rows were evaluated.");
+            }
+        }
+        match full.table.ciou() {
+            Some(c) => {
+                let verdict = if c >= 0.7 { "met".to_string() } else { format!("missed by {:.3}", 0.7 - c) };
+                let _ =
+                    writeln!(s, "- Referring segmentation cIoU of the full model: {c:.3}; goal >= 0.7: **{verdict}**.");
+            }
+            None => {
+                let _ = writeln!(s, "- Referring segmentation: no referring rows were evaluated.");
+            }
+        }
+        s
+    }
+
+    pub fn markdown(&self, out: &Path) -> String {
+        let rel = |p: &Path| p.strip_prefix(out).unwrap_or(p).display().to_string();
+        let mut s = String::new();
+        let _ = writeln!(s, "# perceptio demo\n");
+        let p = &self.plan;
+        let _ = writeln!(
+            s,
+            "Command: `perceptio demo{}` (seed {}): {} scenes, depth tokenizer {} steps, Perceptio {} steps per model, \
+             {} test rows per evaluation. {:.0} s in total on this machine.\n",
+            if self.quick { " --quick" } else { "" },
+            self.seed,
+            p.scenes,
+            p.vqvae_steps,
+            p.steps,
+            p.eval_rows.map_or("all".to_string(), |n| format!("up to {n}")),
+            self.total_secs
+        );
+        let _ = writeln!(s, "## Results on the held-out test split\n");
+        s.push_str(&self.results_table());
+        let _ = writeln!(
+            s,
+            "\ncIoU counts a referring question without `[SEG]` as a miss. Points: accuracy (%) of the multiple-choice \
+             answer by number of marked points. Depth: the depth map decoded from the answer's 100 codes against the \
+             row's depth in the tokenizer's normalised units (order accuracy = pixel pairs ordered correctly). The \
+             no-depth-tokens model writes no depth span, so it has no depth numbers.\n"
+        );
+        let _ = writeln!(s, "### Goals\n\n{}", self.goals());
+        for r in &self.runs {
+            let _ = writeln!(
+                s,
+                "### `{}` (trained {:.0} s, {} steps; evaluated {:.0} s; checkpoint `{}`)\n\n{}\n",
+                r.name,
+                r.train_secs,
+                r.steps,
+                r.eval_secs,
+                rel(&r.checkpoint),
+                r.table.markdown()
+            );
+        }
+        let _ = writeln!(s, "## Training (`dataflows/train.yaml`)\n");
+        let _ = writeln!(s, "Mean loss terms over the first and the last 10 micro-batches of each run:\n");
+        let _ = writeln!(s, "| run | term | first 10 | last 10 |\n|---|---|---|---|");
+        for r in &self.runs {
+            for (term, _) in &r.curve.terms {
+                let (a, b) = (r.curve.mean(term, 10, false), r.curve.mean(term, 10, true));
+                if a.is_some() {
+                    let _ = writeln!(s, "| {} | {term} | {} | {} |", r.name, opt(a, 4), opt(b, 4));
+                }
+            }
+        }
+        if let Some(png) = &self.curves_png {
+            let _ = writeln!(s, "\n![training curves]({})\n", rel(png));
+        }
+        if let Some(m) = &self.model {
+            let t = &m.vlm.text;
+            let _ = writeln!(
+                s,
+                "Model: the tiny preset: {}px images -> {} image tokens, LLM {} layers of width {} ({} heads, {} kv \
+                 heads), vocabulary {} + {} added tokens; LLM training mode `{}`; image encoder {}; SAM2-tiny mask decoder \
+                 and `[SEG]` projection trained; SAM2 image encoder and depth tokenizer frozen. Every weight starts \
+                 random (no pretrained checkpoints exist for the tiny preset), so the frozen SAM2 encoder gives the \
+                 mask decoder random (if spatially faithful) features.\n",
+                m.vlm.vision.image_size,
+                m.image_tokens(),
+                t.num_hidden_layers,
+                t.hidden_size,
+                t.num_attention_heads,
+                t.num_key_value_heads,
+                t.vocab_size,
+                m.added_tokens,
+                m.trainable.llm,
+                if m.trainable.vision_encoder { "trained" } else { "frozen" }
+            );
+        }
+        let _ = writeln!(s, "## Depth tokenizer\n");
+        match &self.vqvae {
+            Some(m) => {
+                let _ = writeln!(
+                    s,
+                    "Validation after training: reconstruction MSE {:.5} (normalised units), relative-order accuracy \
+                     {:.4}, codebook perplexity {:.1}, {} codes used.\n",
+                    m.mse, m.order_accuracy, m.perplexity, m.codes_used
+                );
+            }
+            None => {
+                let _ = writeln!(s, "No validation ran.\n");
+            }
+        }
+        if !self.samples.is_empty() {
+            let _ = writeln!(s, "## Sample answers (full model)\n");
+            if let Some(png) = &self.samples_png {
+                let _ = writeln!(
+                    s,
+                    "![samples]({}) (left: image with the predicted mask; right: predicted depth)\n",
+                    rel(png)
+                );
+            }
+            let _ = writeln!(
+                s,
+                "| sample | task | question | answer | truth | [SEG] | depth codes |\n|---|---|---|---|---|---|---|"
+            );
+            for l in &self.samples {
+                let _ = writeln!(
+                    s,
+                    "| `{}` | {} | {} | {} | {} | {} | {} |",
+                    l.id,
+                    l.task,
+                    l.question.replace('|', "/"),
+                    l.answer.replace('|', "/"),
+                    l.truth.replace('|', "/"),
+                    if l.seg { "yes" } else { "no" },
+                    l.depth_codes.map_or("–".to_string(), |n| n.to_string())
+                );
+            }
+        }
+        let _ = writeln!(s, "\n## Data\n\n| split | file | rows | scenes |\n|---|---|---|---|");
+        for (split, path, rows, scenes) in &self.dataset {
+            let _ = writeln!(s, "| {split} | `{}` | {rows} | {scenes} |", rel(path));
+        }
+        let _ = writeln!(s, "\n## Time per stage\n\n| stage | seconds |\n|---|---|");
+        for (name, secs) in &self.stages {
+            let _ = writeln!(s, "| {name} | {secs:.1} |");
+        }
+        for r in &self.runs {
+            let _ = writeln!(
+                s,
+                "| train `{}` | {:.1} |\n| evaluate `{}` | {:.1} |",
+                r.name, r.train_secs, r.name, r.eval_secs
+            );
+        }
+        s
+    }
+}
