@@ -54,6 +54,36 @@ pub struct BatchParams {
     /// `resume: true` continues from there. 0: run the whole schedule.
     #[serde(default)]
     pub stop_after: usize,
+    /// The task mixture: relative weight per task (`referring`, `points`, `depth`, `vqa`; a task not named
+    /// weighs 1). A row of task t is kept with probability w_t / max(w), decided by a hash of the seed and its
+    /// `sample_id`, so the same rows are kept on every run and across resume. Weight 0 leaves a task out.
+    #[serde(default)]
+    pub task_weights: std::collections::BTreeMap<String, f64>,
+    /// Seed of the mixture's keep/skip decisions.
+    #[serde(default)]
+    pub mixture_seed: u64,
+}
+
+impl BatchParams {
+    /// Whether the mixture keeps row `id` of `task`.
+    pub fn keeps(&self, task: &str, id: &str) -> bool {
+        let max = self.task_weights.values().copied().fold(1.0f64, f64::max);
+        let w = self.task_weights.get(task).copied().unwrap_or(1.0);
+        if w >= max {
+            return true;
+        }
+        // FNV-1a over the seed and the id, then mixed: a stable uniform draw in [0, 1)
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.mixture_seed.to_le_bytes().iter().chain(id.as_bytes()) {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // splitmix64 finaliser: FNV alone leaves the high bits of similar ids correlated
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        ((h >> 11) as f64 / (1u64 << 53) as f64) < w / max
+    }
 }
 
 fn d_batch() -> usize {
@@ -78,6 +108,17 @@ fn checked(params: &serde_json::Value) -> Result<BatchParams, ParamError> {
     }
     if p.train.optim.total_steps == 0 {
         return Err(ParamError::new("train.optim.total_steps", "must be at least 1"));
+    }
+    for (task, w) in &p.task_weights {
+        if task.parse::<Task>().is_err() {
+            return Err(ParamError::new(
+                "task_weights",
+                format!("unknown task `{task}` (expected referring, points, depth or vqa)"),
+            ));
+        }
+        if !(w.is_finite() && *w >= 0.0) {
+            return Err(ParamError::new("task_weights", format!("`{task}`: {w} is not a weight >= 0")));
+        }
     }
     Ok(p)
 }
@@ -326,6 +367,8 @@ struct Batcher {
     /// Rows still to skip when resuming.
     skip: u64,
     left_out: u64,
+    /// Rows the task mixture skipped.
+    mixed_out: u64,
     /// Micro-batches the run may emit (total optimiser steps x accumulation).
     max_micro: u64,
     unused: u64,
@@ -356,6 +399,7 @@ impl Batcher {
             consumed,
             skip: consumed,
             left_out: 0,
+            mixed_out: 0,
             max_micro,
             unused: 0,
             p,
@@ -424,6 +468,20 @@ impl Node for Batcher {
                 self.unused += 1;
                 continue;
             }
+            if !self.p.task_weights.is_empty() {
+                let cell = |name: &str| {
+                    batch
+                        .column_by_name(name)
+                        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                        .map(|a| a.value(r).to_string())
+                };
+                if let (Some(task), Some(id)) = (cell("task"), cell("sample_id"))
+                    && !self.p.keeps(&task, &id)
+                {
+                    self.mixed_out += 1;
+                    continue;
+                }
+            }
             match self.prep.row(batch, r) {
                 Ok(Some(row)) => self.rows.push_back(row),
                 Ok(None) => self.left_out += 1,
@@ -457,6 +515,9 @@ impl Node for Batcher {
             self.held = Some((rows, self.consumed));
         }
         self.release(true, out)?;
+        if self.mixed_out > 0 {
+            tracing::info!(node = out.node_id(), rows = self.mixed_out, "rows skipped by the task mixture");
+        }
         if self.left_out > 0 {
             tracing::info!(node = out.node_id(), rows = self.left_out, "rows left out by the ablation switches");
         }
@@ -483,4 +544,36 @@ pub fn prepare_frame(
         }
     }
     to_frame(rows, prep, info, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(task_weights: serde_json::Value) -> Result<BatchParams, ParamError> {
+        checked(&serde_json::json!({
+            "train": { "model": "m", "out": "o", "optim": { "total_steps": 1 } },
+            "task_weights": task_weights
+        }))
+    }
+
+    #[test]
+    fn the_mixture_keeps_rows_in_proportion_and_deterministically() {
+        let p = params(serde_json::json!({ "points": 2.0, "vqa": 0.5, "depth": 0.0 })).unwrap();
+        let kept = |task: &str| (0..4000).filter(|i| p.keeps(task, &format!("s{i}"))).count() as f64 / 4000.0;
+        assert_eq!(kept("points"), 1.0);
+        assert!((kept("referring") - 0.5).abs() < 0.03, "{}", kept("referring"));
+        assert!((kept("vqa") - 0.25).abs() < 0.03, "{}", kept("vqa"));
+        assert_eq!(kept("depth"), 0.0);
+        let again = params(serde_json::json!({ "points": 2.0, "vqa": 0.5, "depth": 0.0 })).unwrap();
+        assert!((0..500).all(|i| p.keeps("vqa", &format!("s{i}")) == again.keeps("vqa", &format!("s{i}"))));
+    }
+
+    #[test]
+    fn bad_weights_name_the_task() {
+        let e = params(serde_json::json!({ "pointz": 1.0 })).unwrap_err();
+        assert!(e.message.contains("pointz") && e.field.as_deref() == Some("task_weights"), "{e:?}");
+        let e = params(serde_json::json!({ "vqa": -1.0 })).unwrap_err();
+        assert!(e.message.contains("vqa") && e.field.as_deref() == Some("task_weights"), "{e:?}");
+    }
 }
