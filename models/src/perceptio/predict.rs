@@ -107,7 +107,8 @@ impl MaskMap {
     }
 }
 
-/// A decoded depth map: normalised depth in [-1, 1] (near = -1), row-major `size x size`.
+/// A decoded depth map in the tokenizer's units: per-map normalised disparity in [-1, 1] (+1 = nearest; see
+/// `depth::target`), row-major `size x size`.
 #[derive(Debug, Clone)]
 pub struct DepthMap {
     pub size: usize,

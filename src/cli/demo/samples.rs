@@ -9,7 +9,7 @@ use arrow::array::{Array, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use perceptio_actors::image_decode::image_bytes;
 use perceptio_models::perceptio::predict::{AskOptions, Predictor, Query};
-use perceptio_synth::pictures::{Tile, depth_to_rgb, grid, overlay_mask, side_by_side, write_png};
+use perceptio_synth::pictures::{Tile, grid, overlay_mask, side_by_side, turbo, write_png};
 
 /// One answered sample, for the report's text.
 #[derive(Debug, Clone)]
@@ -87,7 +87,7 @@ pub fn write_samples(checkpoint: &Path, test: &Path, png: &Path, per_task: usize
     let answers = predictor.answer(&queries, &AskOptions::default())?;
     let mut tiles = Vec::new();
     let mut lines = Vec::new();
-    for ((row, answer), query) in rows.iter().zip(&answers).zip(&queries) {
+    for (row, answer) in rows.iter().zip(&answers) {
         let img = perceptio_models::internvl::decode_png_rgb(&row.png).map_err(|e| anyhow::anyhow!(e))?;
         let (w, h) = (img.width, img.height);
         let left = match &answer.mask {
@@ -102,13 +102,13 @@ pub fn write_samples(checkpoint: &Path, test: &Path, png: &Path, per_task: usize
             None => img.data.clone(),
         };
         let right = match &answer.depth {
-            // normalised depth in [-1, 1], near = -1: shift to positive distances for the inverse-depth colouring
-            Some(d) => depth_to_rgb(
-                &resize_nearest(&d.values, d.size, w, h).iter().map(|v| (v + 1.0) / 2.0 + 0.05).collect::<Vec<_>>(),
-            ),
+            // normalised disparity in [-1, 1], +1 = nearest: the red end of turbo
+            Some(d) => resize_nearest(&d.values, d.size, w, h)
+                .iter()
+                .flat_map(|&v| turbo((v + 1.0) / 2.0).map(|c| (c.clamp(0.0, 1.0) * 255.0).round() as u8))
+                .collect(),
             None => vec![40; 3 * w * h],
         };
-        let _ = query;
         let shown = if answer.text.is_empty() { "(no text)" } else { answer.text.as_str() };
         tiles.push(Tile {
             rgb: side_by_side(&left, &right, w as u32, h as u32),
