@@ -10,6 +10,7 @@ pub mod keys;
 pub mod mlp;
 pub mod model;
 pub mod neck;
+pub mod pretrain;
 pub mod prompt;
 pub mod run;
 
