@@ -42,9 +42,6 @@ fn default_id() -> String {
     "id".into()
 }
 
-const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-
 pub struct ImageDecodeKind;
 
 fn checked(params: &serde_json::Value) -> Result<ImageDecodeParams, ParamError> {
@@ -109,19 +106,9 @@ pub fn image_bytes(col: &ArrayRef, row: usize) -> Result<&[u8], String> {
     }
 }
 
-/// Decodes a PNG to RGB f32 in [0, 1], channel-major [3, h, w]. Returns (pixels, h, w).
-pub fn decode_png_rgb(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize), String> {
-    let img = perceptio_models::internvl::decode_png_rgb(bytes)?;
-    let (h, w) = (img.height, img.width);
-    let mut out = vec![0f32; 3 * h * w];
-    for (i, px) in img.data.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            out[c * h * w + i] = px[c] as f32 / 255.0;
-        }
-    }
-    Ok((out, h, w))
-}
+pub use perceptio_models::perceptio::image::decode_png_planar as decode_png_rgb;
 
+use perceptio_models::perceptio::image::encoder_input;
 pub use perceptio_models::perceptio::image::resize_bilinear;
 
 impl Node for ImageDecode {
@@ -140,14 +127,10 @@ impl Node for ImageDecode {
         for row in 0..frame.rows() {
             match image_bytes(&col, row).and_then(decode_png_rgb) {
                 Ok((img, h, w)) => {
-                    let mut img = resize_bilinear(&img, h, w, size);
-                    if p.normalize == "imagenet" {
-                        for c in 0..3 {
-                            for v in &mut img[c * size * size..(c + 1) * size * size] {
-                                *v = (*v - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
-                            }
-                        }
-                    }
+                    let img = match p.normalize.as_str() {
+                        "imagenet" => encoder_input(&img, h, w, size),
+                        _ => resize_bilinear(&img, h, w, size),
+                    };
                     pixels.extend_from_slice(&img);
                     keep.push(row as u32);
                 }

@@ -42,7 +42,7 @@ nodes:
       train: &train
         model: {model}
         out: {out}
-        optim: {{ lr: 0.002, total_steps: {total}, warmup_fraction: 0.0, clip_norm: 0.5 }}
+        optim: {{ lr: 0.002, total_steps: {total}, warmup_fraction: 0.0, clip_norm: 0.5, eps: 1.0e-6 }}
         resume: {resume}
       batch_size: {batch}
       stop_after: {stop_after}
@@ -164,7 +164,14 @@ fn one_step_through_the_graph_equals_the_plain_function() {
         depth: frame.tensor("depth").unwrap(),
     };
     let loss_cfg = LossConfig::new().with_span_len(100);
-    let optim = OptimConfig::new().with_lr(0.002).with_total_steps(1).with_warmup_fraction(0.0).with_clip_norm(0.5);
+    // eps 1e-6 on both sides: AdamW's first step is ~lr * sign(g), so with eps 1e-8 a gradient at float-noise size
+    // (a few 1e-9, which differs between thread schedules) can move a parameter by up to lr either way
+    let optim = OptimConfig::new()
+        .with_lr(0.002)
+        .with_total_steps(1)
+        .with_warmup_fraction(0.0)
+        .with_clip_norm(0.5)
+        .with_eps(1e-6);
     let mut opt = PerceptioOptimizer::default();
     let values =
         train_micro_step(&mut model, &mut opt, &batch, &prep.specials, &loss_cfg, &optim, cfg.depth_temperature, true)

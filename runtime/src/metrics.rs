@@ -26,6 +26,9 @@ pub struct NodeMetrics {
     pub errors: AtomicU64,
     /// The first few failure reasons, for the summary.
     pub sample_failures: Mutex<Vec<String>>,
+    /// A short line the node publishes about its progress (a trainer's step and loss terms), shown by progress
+    /// bars; empty when the node says nothing.
+    pub status: Mutex<String>,
 }
 
 /// How many failure reasons a node keeps for the summary.
@@ -55,6 +58,7 @@ impl NodeMetrics {
             busy_ms: self.busy_ns.load(Ordering::Relaxed) as f64 / 1e6,
             errors: self.errors.load(Ordering::Relaxed),
             sample_failures: self.sample_failures.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            status: self.status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 }
@@ -72,6 +76,7 @@ pub struct NodeStats {
     pub busy_ms: f64,
     pub errors: u64,
     pub sample_failures: Vec<String>,
+    pub status: String,
 }
 
 /// Counters of the whole graph at one moment.
@@ -93,6 +98,17 @@ impl GraphStats {
         let sources: Vec<&NodeStats> =
             self.nodes.iter().map(|(_, _, n)| n).filter(|n| n.rows_read > 0 || n.rows_expected > 0).collect();
         if sources.iter().any(|n| n.rows_expected == 0) { 0 } else { sources.iter().map(|n| n.rows_expected).sum() }
+    }
+
+    /// Every node's non-empty status line, as `node: status`, joined by `; `.
+    pub fn statuses(&self) -> String {
+        let parts: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, _, n)| !n.status.is_empty())
+            .map(|(id, _, n)| format!("{id}: {}", n.status))
+            .collect();
+        parts.join("; ")
     }
 
     /// Rows that failed anywhere.

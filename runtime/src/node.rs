@@ -133,6 +133,11 @@ impl Outputs {
         self.flags.drain.store(true, Ordering::Relaxed);
     }
 
+    /// Publishes a short progress line for progress bars (replaces the previous one).
+    pub fn set_status(&self, status: impl Into<String>) {
+        *self.metrics.status.lock().unwrap_or_else(|p| p.into_inner()) = status.into();
+    }
+
     /// Tells progress reporting how many rows this source will read in total.
     pub fn set_expected_rows(&self, rows: u64) {
         self.metrics.rows_expected.store(rows, Ordering::Relaxed);

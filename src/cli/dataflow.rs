@@ -138,7 +138,9 @@ pub async fn run_file(file: &std::path::Path, options: RunOptions, quiet: bool) 
             }
             bar.set_position(stats.read());
             let failed = stats.failed();
-            bar.set_message(if failed > 0 { format!("({failed} failed)") } else { String::new() });
+            let mut msg = if failed > 0 { format!("({failed} failed) ") } else { String::new() };
+            msg.push_str(&stats.statuses());
+            bar.set_message(msg);
         }
     }
     bar.finish_and_clear();

@@ -272,6 +272,7 @@ impl Node for Aggregator {
         self.latest = Some(values);
         self.last = Some(info);
         let opt_step = (info.step + 1).div_ceil(self.optim.accumulation as u64);
+        out.set_status(format!("step {opt_step}/{} {}", self.optim.total_steps, describe(&values)));
         if info.apply && self.log_every > 0 && opt_step % self.log_every as u64 == 0 {
             tracing::info!(node = out.node_id(), step = opt_step, "{}", describe(&values));
         }

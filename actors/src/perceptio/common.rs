@@ -84,7 +84,8 @@ pub fn layout_columns(seqs: &[Sequence]) -> Vec<(Field, ArrayRef)> {
     ]
 }
 
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, NodeError> {
+/// A column of `batch` by name, downcast to `T`; the error names the column.
+pub fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, NodeError> {
     batch
         .column_by_name(name)
         .ok_or_else(|| NodeError::msg(format!("column `{name}` is missing")))?
@@ -141,6 +142,13 @@ pub struct OptimParams {
     pub clip_norm: f64,
     #[serde(default = "d_one")]
     pub accumulation: usize,
+    /// AdamW's epsilon.
+    #[serde(default = "d_eps")]
+    pub eps: f64,
+}
+
+fn d_eps() -> f64 {
+    1e-8
 }
 
 fn d_lr() -> f64 {
@@ -165,6 +173,7 @@ impl OptimParams {
             .with_warmup_fraction(self.warmup_fraction)
             .with_clip_norm(self.clip_norm)
             .with_accumulation(self.accumulation)
+            .with_eps(self.eps)
     }
 }
 
@@ -191,6 +200,36 @@ impl TrainParams {
         latest_checkpoint(&self.out)?.ok_or_else(|| {
             NodeError::msg(format!("resume: no checkpoint under {} (no `latest` file)", self.out.display()))
         })
+    }
+}
+
+/// Where a model node starts: its params, the model directory (the latest checkpoint when resuming) and config.
+pub struct NodeStart {
+    pub params: super::image_encoder::PartParams,
+    pub dir: PathBuf,
+    pub cfg: perceptio_models::perceptio::PerceptioConfig,
+}
+
+/// A build-time error from any displayable cause.
+pub fn param_err(e: impl std::fmt::Display) -> perceptio_runtime::ParamError {
+    perceptio_runtime::ParamError::general(e.to_string())
+}
+
+impl NodeStart {
+    pub fn read(ctx: &perceptio_runtime::BuildContext<'_>) -> Result<Self, perceptio_runtime::ParamError> {
+        let params: super::image_encoder::PartParams = perceptio_runtime::parse_params(ctx.params)?;
+        let dir = params.train.start_dir().map_err(param_err)?;
+        let cfg = perceptio_models::perceptio::checkpoint::read_config(&dir).map_err(param_err)?;
+        Ok(Self { params, dir, cfg })
+    }
+
+    /// `part`'s weights from the start directory, loaded into `fresh`.
+    pub fn load<M: burn::module::Module + burn_store::ModuleSnapshot>(
+        &self,
+        part: Part,
+        fresh: M,
+    ) -> Result<M, perceptio_runtime::ParamError> {
+        perceptio_models::perceptio::checkpoint::load_part(&self.dir, part, fresh).map_err(param_err)
     }
 }
 
@@ -301,6 +340,14 @@ impl<M: Module + ModuleSnapshot> TrainablePart<M> {
             self.module = self.opt.apply(self.module.clone(), &self.optim, scale);
         }
         Ok(())
+    }
+
+    /// A trainable node's signal handling: a checkpoint barrier writes the part (see [`TrainablePart::checkpoint`]).
+    pub fn on_signal(&self, signal: &perceptio_runtime::Signal) -> Result<(), NodeError> {
+        match signal {
+            perceptio_runtime::Signal::Checkpoint { id } => self.checkpoint(*id),
+            _ => Ok(()),
+        }
     }
 
     /// Writes the part and its optimiser state into the partial checkpoint directory of barrier `id`.

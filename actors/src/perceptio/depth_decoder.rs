@@ -4,14 +4,14 @@
 
 use burn::tensor::Tensor;
 use perceptio_models::depth::{CodeScores, VqVae};
-use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config};
+use perceptio_models::perceptio::checkpoint::Part;
 use perceptio_models::perceptio::loss::depth_mse;
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
     autodiff_guard, parse_params,
 };
 
-use super::common::StepInfo;
+use super::common::{NodeStart, StepInfo, param_err};
 use super::image_encoder::PartParams;
 use super::mask_decoder::{loss_schema, rows_of};
 use super::router::depth_schema;
@@ -40,13 +40,11 @@ impl NodeKind for DepthDecoderKind {
     }
 
     fn build(&self, ctx: &BuildContext<'_>) -> Result<NodeImpl, ParamError> {
-        let p: PartParams = parse_params(ctx.params)?;
-        let err = |e: String| ParamError::general(e);
+        let start = NodeStart::read(ctx)?;
+        let cfg = &start.cfg;
         let device = ctx.device.clone().autodiff();
-        let dir = p.train.start_dir().map_err(|e| err(e.to_string()))?;
-        let cfg = read_config(&dir).map_err(|e| err(e.to_string()))?;
-        let fresh = cfg.init_vqvae(&device).map_err(|e| err(e.to_string()))?;
-        let vqvae = burn::module::Module::no_grad(load_part(&dir, Part::VqVae, fresh).map_err(|e| err(e.to_string()))?);
+        let fresh = cfg.init_vqvae(&device).map_err(param_err)?;
+        let vqvae = burn::module::Module::no_grad(start.load(Part::VqVae, fresh)?);
         Ok(NodeImpl::Node(Box::new(DepthDecoderNode { vqvae, temperature: cfg.depth_temperature })))
     }
 }

@@ -4,7 +4,7 @@
 
 use burn::tensor::Tensor;
 use perceptio_models::perceptio::ImageEncoderPart;
-use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config};
+use perceptio_models::perceptio::checkpoint::Part;
 use perceptio_runtime::schemas::port::{TensorKind, TensorSpec};
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::batch::batch_schema;
-use super::common::{TrainParams, TrainablePart};
+use super::common::{NodeStart, TrainParams, TrainablePart, param_err};
 
 /// Params of a trainable model node.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -49,19 +49,17 @@ impl NodeKind for ImageEncoderKind {
     }
 
     fn build(&self, ctx: &BuildContext<'_>) -> Result<NodeImpl, ParamError> {
-        let p: PartParams = parse_params(ctx.params)?;
-        let err = |e: String| ParamError::general(e);
+        let start = NodeStart::read(ctx)?;
+        let (p, dir, cfg) = (&start.params, &start.dir, &start.cfg);
         let device = ctx.device.clone().autodiff();
-        let dir = p.train.start_dir().map_err(|e| err(e.to_string()))?;
-        let cfg = read_config(&dir).map_err(|e| err(e.to_string()))?;
-        let module = load_part(&dir, Part::Image, cfg.init_image(&device)).map_err(|e| err(e.to_string()))?;
+        let module = start.load(Part::Image, cfg.init_image(&device))?;
         let module = if cfg.trainable.vision_encoder {
             module
         } else {
             ImageEncoderPart { vision_tower: burn::module::Module::no_grad(module.vision_tower), ..module }
         };
         let resume = p.train.resume.then_some(dir.as_path());
-        let part = TrainablePart::new(module, Part::Image, &p.train, resume).map_err(|e| err(e.to_string()))?;
+        let part = TrainablePart::new(module, Part::Image, &p.train, resume).map_err(param_err)?;
         Ok(NodeImpl::Node(Box::new(ImageEncoderNode { part, node: ctx.node_id.to_string() })))
     }
 }
@@ -85,9 +83,6 @@ impl Node for ImageEncoderNode {
     }
 
     fn on_signal(&mut self, signal: &Signal, _out: &mut Outputs) -> Result<(), NodeError> {
-        if let Signal::Checkpoint { id } = signal {
-            self.part.checkpoint(*id)?;
-        }
-        Ok(())
+        self.part.on_signal(signal)
     }
 }

@@ -4,7 +4,7 @@
 
 use burn::tensor::Tensor;
 use perceptio_models::perceptio::LlmPart;
-use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config};
+use perceptio_models::perceptio::checkpoint::Part;
 use perceptio_runtime::schemas::port::{TensorKind, TensorSpec};
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
@@ -12,7 +12,7 @@ use perceptio_runtime::{
 };
 
 use super::batch::batch_schema;
-use super::common::{TrainablePart, read_sequences};
+use super::common::{NodeStart, TrainablePart, param_err, read_sequences};
 use super::image_encoder::PartParams;
 
 pub struct LlmKind;
@@ -49,16 +49,14 @@ impl NodeKind for LlmKind {
     }
 
     fn build(&self, ctx: &BuildContext<'_>) -> Result<NodeImpl, ParamError> {
-        let p: PartParams = parse_params(ctx.params)?;
-        let err = |e: String| ParamError::general(e);
+        let start = NodeStart::read(ctx)?;
+        let (p, dir, cfg) = (&start.params, &start.dir, &start.cfg);
         let device = ctx.device.clone().autodiff();
-        let dir = p.train.start_dir().map_err(|e| err(e.to_string()))?;
-        let cfg = read_config(&dir).map_err(|e| err(e.to_string()))?;
-        let fresh = cfg.init_llm(&device).map_err(|e| err(e.to_string()))?;
-        let module = load_part(&dir, Part::Llm, fresh).map_err(|e| err(e.to_string()))?;
+        let fresh = cfg.init_llm(&device).map_err(param_err)?;
+        let module = start.load(Part::Llm, fresh)?;
         let resume = p.train.resume.then_some(dir.as_path());
-        let part = TrainablePart::new(module, Part::Llm, &p.train, resume).map_err(|e| err(e.to_string()))?;
-        let pad = read_pad(&dir).map_err(err)?;
+        let part = TrainablePart::new(module, Part::Llm, &p.train, resume).map_err(param_err)?;
+        let pad = read_pad(&dir).map_err(param_err)?;
         Ok(NodeImpl::Node(Box::new(LlmNode { part, pad, node: ctx.node_id.to_string() })))
     }
 }
@@ -94,9 +92,6 @@ impl Node for LlmNode {
     }
 
     fn on_signal(&mut self, signal: &Signal, _out: &mut Outputs) -> Result<(), NodeError> {
-        if let Signal::Checkpoint { id } = signal {
-            self.part.checkpoint(*id)?;
-        }
-        Ok(())
+        self.part.on_signal(signal)
     }
 }

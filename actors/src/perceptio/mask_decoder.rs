@@ -5,7 +5,7 @@
 use arrow::array::UInt32Array;
 use burn::tensor::Tensor;
 use perceptio_models::perceptio::SegPart;
-use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config};
+use perceptio_models::perceptio::checkpoint::Part;
 use perceptio_models::perceptio::loss::LossConfig;
 use perceptio_models::perceptio::step::{seg_terms, select_rows};
 use perceptio_runtime::schemas::PortSchema;
@@ -14,7 +14,7 @@ use perceptio_runtime::{
     Signal, autodiff_guard, parse_params,
 };
 
-use super::common::{Join, StepInfo, TrainablePart};
+use super::common::{Join, NodeStart, StepInfo, TrainablePart, param_err};
 use super::image_encoder::PartParams;
 use super::router::seg_schema;
 use super::sam2_encoder::features_schema;
@@ -48,16 +48,14 @@ impl NodeKind for MaskDecoderKind {
     }
 
     fn build(&self, ctx: &BuildContext<'_>) -> Result<NodeImpl, ParamError> {
-        let p: PartParams = parse_params(ctx.params)?;
-        let err = |e: String| ParamError::general(e);
+        let start = NodeStart::read(ctx)?;
+        let (p, dir, cfg) = (&start.params, &start.dir, &start.cfg);
         let device = ctx.device.clone().autodiff();
-        let dir = p.train.start_dir().map_err(|e| err(e.to_string()))?;
-        let cfg = read_config(&dir).map_err(|e| err(e.to_string()))?;
-        let fresh = cfg.init_seg(&device).map_err(|e| err(e.to_string()))?;
-        let mut module = load_part(&dir, Part::Seg, fresh).map_err(|e| err(e.to_string()))?;
+        let fresh = cfg.init_seg(&device).map_err(param_err)?;
+        let mut module = start.load(Part::Seg, fresh)?;
         module.sam2.vision_encoder = burn::module::Module::no_grad(module.sam2.vision_encoder);
         let resume = p.train.resume.then_some(dir.as_path());
-        let part = TrainablePart::new(module, Part::Seg, &p.train, resume).map_err(|e| err(e.to_string()))?;
+        let part = TrainablePart::new(module, Part::Seg, &p.train, resume).map_err(param_err)?;
         let join = Join::new(["seg".to_string(), "features".to_string()]);
         Ok(NodeImpl::Node(Box::new(MaskDecoderNode { part, join, node: ctx.node_id.to_string() })))
     }
@@ -112,10 +110,7 @@ impl Node for MaskDecoderNode {
     }
 
     fn on_signal(&mut self, signal: &Signal, _out: &mut Outputs) -> Result<(), NodeError> {
-        if let Signal::Checkpoint { id } = signal {
-            self.part.checkpoint(*id)?;
-        }
-        Ok(())
+        self.part.on_signal(signal)
     }
 
     fn finish(&mut self, out: &mut Outputs) -> Result<(), NodeError> {

@@ -4,7 +4,7 @@
 
 use burn::tensor::Tensor;
 use perceptio_models::perceptio::SegPart;
-use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config};
+use perceptio_models::perceptio::checkpoint::Part;
 use perceptio_runtime::schemas::PortSchema;
 use perceptio_runtime::schemas::port::{TensorKind, TensorSpec};
 use perceptio_runtime::{
@@ -13,7 +13,7 @@ use perceptio_runtime::{
 };
 
 use super::batch::batch_schema;
-use super::common::StepInfo;
+use super::common::{NodeStart, StepInfo, param_err};
 use super::image_encoder::PartParams;
 
 pub struct Sam2EncoderKind;
@@ -49,14 +49,12 @@ impl NodeKind for Sam2EncoderKind {
     }
 
     fn build(&self, ctx: &BuildContext<'_>) -> Result<NodeImpl, ParamError> {
-        let p: PartParams = parse_params(ctx.params)?;
-        let err = |e: String| ParamError::general(e);
+        let start = NodeStart::read(ctx)?;
+        let cfg = &start.cfg;
         // frozen and inference only: the plain backend (its outputs are lifted to autodiff tensors)
         let device = ctx.device.clone().without_autodiff();
-        let dir = p.train.start_dir().map_err(|e| err(e.to_string()))?;
-        let cfg = read_config(&dir).map_err(|e| err(e.to_string()))?;
-        let seg = cfg.init_seg(&device).map_err(|e| err(e.to_string()))?;
-        let seg = load_part(&dir, Part::Seg, seg).map_err(|e| err(e.to_string()))?;
+        let seg = cfg.init_seg(&device).map_err(param_err)?;
+        let seg = start.load(Part::Seg, seg)?;
         Ok(NodeImpl::Node(Box::new(Sam2EncoderNode { seg })))
     }
 }

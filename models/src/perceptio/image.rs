@@ -3,6 +3,19 @@
 
 use crate::sam2::model::{IMAGENET_MEAN, IMAGENET_STD};
 
+/// Decodes a PNG to channel-major RGB `[3, h, w]` in [0, 1]; returns (pixels, h, w).
+pub fn decode_png_planar(png: &[u8]) -> Result<(Vec<f32>, usize, usize), String> {
+    let img = crate::internvl::decode_png_rgb(png)?;
+    let (h, w) = (img.height, img.width);
+    let mut out = vec![0f32; 3 * h * w];
+    for (i, px) in img.data.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * h * w + i] = px[c] as f32 / 255.0;
+        }
+    }
+    Ok((out, h, w))
+}
+
 /// Bilinear resize of a `[3, h, w]` image to `[3, size, size]` (pixel centres aligned, as `align_corners=False`).
 pub fn resize_bilinear(src: &[f32], h: usize, w: usize, size: usize) -> Vec<f32> {
     if h == size && w == size {

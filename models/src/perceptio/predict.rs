@@ -11,7 +11,7 @@ use burn::tensor::activation::sigmoid;
 
 use super::checkpoint::{CheckpointError, TOKENIZER_FILE, load_model};
 use super::decode::{DecodeEvent, generate_streaming};
-use super::image::encoder_input;
+use super::image::{decode_png_planar, encoder_input};
 use super::layout::SpecialTokens;
 use super::model::{ModelError, Perceptio, PerceptioConfig};
 use super::sequence::{SequenceConfig, SequenceError, parse_answer, prompt_ids};
@@ -53,15 +53,8 @@ pub struct Query {
 impl Query {
     /// A query from PNG bytes.
     pub fn from_png(png: &[u8], question: impl Into<String>) -> Result<Self, PredictError> {
-        let img = crate::internvl::decode_png_rgb(png).map_err(PredictError::Image)?;
-        let (h, w) = (img.height, img.width);
-        let mut rgb = vec![0f32; 3 * h * w];
-        for (i, px) in img.data.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                rgb[c * h * w + i] = px[c] as f32 / 255.0;
-            }
-        }
-        Ok(Self { rgb, height: h, width: w, question: question.into() })
+        let (rgb, height, width) = decode_png_planar(png).map_err(PredictError::Image)?;
+        Ok(Self { rgb, height, width, question: question.into() })
     }
 
     fn check(&self) -> Result<(), PredictError> {

@@ -118,6 +118,7 @@ async fn run_flow(
                 Track::NodeOut(node, _) => {
                     if let Some((_, _, n)) = stats.nodes.iter().find(|(id, _, _)| id == node) {
                         pb.set_position(n.rows_out);
+                        pb.set_message(n.status.clone());
                     }
                 }
             }

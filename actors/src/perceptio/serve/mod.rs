@@ -21,6 +21,7 @@ pub mod requests;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::common::column;
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BooleanArray, Float32Builder, ListArray, ListBuilder, RecordBatch, StringArray,
     UInt32Array, UInt32Builder, UInt64Array,
@@ -192,15 +193,6 @@ pub fn request_frame(requests: &[ServeRequest]) -> Result<Frame, NodeError> {
         Arc::new(UInt64Array::from_iter_values(requests.iter().map(|r| r.submitted_ns))),
     ];
     Ok(Frame::new(RecordBatch::try_new(Arc::new(request_schema()), columns)?))
-}
-
-fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, NodeError> {
-    batch
-        .column_by_name(name)
-        .ok_or_else(|| NodeError::msg(format!("column `{name}` is missing")))?
-        .as_any()
-        .downcast_ref::<T>()
-        .ok_or_else(|| NodeError::msg(format!("column `{name}` has the wrong type")))
 }
 
 /// One request row read back from a frame; `Err` names the row's problem (the row fails, not the node).
