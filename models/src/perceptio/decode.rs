@@ -7,7 +7,7 @@ use burn::prelude::*;
 
 use super::layout::SpecialTokens;
 use super::model::{ImageEncoderPart, LlmPart, ModelError};
-use crate::llm::{KvCache, argmax, left_pad};
+use crate::llm::{KvCache, left_pad};
 
 /// Where a sequence stands with respect to its depth span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,61 @@ impl SpanConstraint {
             }
         }
     }
+
+    /// Which of the [`ConstraintKind::ALL`] allowed sets applies now.
+    pub fn kind(&self) -> ConstraintKind {
+        match self.state {
+            SpanState::Before if self.seg_seen => ConstraintKind::BeforeAfterSeg,
+            SpanState::Before => ConstraintKind::Before,
+            SpanState::Inside(k) if k < self.span_len => ConstraintKind::InsideSpan,
+            SpanState::Inside(_) => ConstraintKind::CloseSpan,
+            SpanState::After => ConstraintKind::After,
+        }
+    }
+}
+
+/// The distinct allowed-token sets a [`SpanConstraint`] can be in: the allowed set depends only on this, so the
+/// decoder keeps one additive mask per kind on the device and never copies logits to the host. The
+/// discriminant is the kind's row in [`constraint_masks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConstraintKind {
+    Before = 0,
+    BeforeAfterSeg = 1,
+    InsideSpan = 2,
+    CloseSpan = 3,
+    After = 4,
+}
+
+impl ConstraintKind {
+    pub const ALL: [ConstraintKind; 5] = [
+        ConstraintKind::Before,
+        ConstraintKind::BeforeAfterSeg,
+        ConstraintKind::InsideSpan,
+        ConstraintKind::CloseSpan,
+        ConstraintKind::After,
+    ];
+
+    /// A constraint in this kind's state (span length 1 is enough to tell inside from closing).
+    fn representative(self) -> SpanConstraint {
+        let (state, seg_seen) = match self {
+            ConstraintKind::Before => (SpanState::Before, false),
+            ConstraintKind::BeforeAfterSeg => (SpanState::Before, true),
+            ConstraintKind::InsideSpan => (SpanState::Inside(0), false),
+            ConstraintKind::CloseSpan => (SpanState::Inside(1), false),
+            ConstraintKind::After => (SpanState::After, false),
+        };
+        SpanConstraint { state, span_len: 1, seg_seen }
+    }
+}
+
+/// The additive masks of every [`ConstraintKind`] over a vocabulary of `vocab` ids: `[5, V]`, 0 where the kind
+/// allows the token and -inf where it does not (row order of [`ConstraintKind::ALL`]).
+pub fn constraint_masks(vocab: usize, sp: &SpecialTokens, device: &Device) -> Tensor<2> {
+    let mut table = vec![0f32; ConstraintKind::ALL.len() * vocab];
+    for (k, kind) in ConstraintKind::ALL.iter().enumerate() {
+        kind.representative().apply(&mut table[k * vocab..(k + 1) * vocab], sp);
+    }
+    Tensor::from_data(TensorData::new(table, [ConstraintKind::ALL.len(), vocab]), device) // [5, V]
 }
 
 /// One generated answer.
@@ -137,19 +192,24 @@ pub fn generate_streaming(
     let h = lm.model.forward_embeds(x, Some(&pad), Some(&mut cache)); // [B, S, d]
     let [_, s, d] = h.dims();
     let mut last = h.slice([0..b, s - 1..s, 0..d]); // [B, 1, d]
+    let v = llm.vocab_size();
+    let masks = constraint_masks(v, sp, &last.device()); // [5, V]
     for _ in 0..max_new {
-        let logits = llm.logits(last.clone()).reshape([b, llm.vocab_size()]); // [B, V]
-        let rows: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| ModelError::Shape { what: "logits", expected: "f32 data".into(), got: format!("{e:?}") })?;
-        let v = llm.vocab_size();
+        let logits = llm.logits(last.clone()).reshape([b, v]); // [B, V]
+        let kinds: Vec<i64> = constraints
+            .iter()
+            .map(|c| c.kind() as i64) // the row of `masks`
+            .collect();
+        let kinds = Tensor::<1, Int>::from_data(TensorData::new(kinds, [b]), &logits.device()); // [B]
+        let best = (logits + masks.clone().select(0, kinds)).argmax(1); // [B, 1]
+        let best: Vec<i64> = best.into_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| ModelError::Shape {
+            what: "argmax",
+            expected: "int data".into(),
+            got: format!("{e:?}"),
+        })?;
         let mut feed = Vec::with_capacity(b);
         for i in 0..b {
-            let mut row = rows[i * v..(i + 1) * v].to_vec();
-            constraints[i].apply(&mut row, sp);
-            let next = if done[i] { sp.pad } else { argmax(&row) };
+            let next = if done[i] { sp.pad } else { best[i] as u32 };
             if !done[i] {
                 out[i].ids.push(next);
                 constraints[i].advance(next, sp);
@@ -211,5 +271,27 @@ mod tests {
         let c = SpanConstraint::after_prompt(&[1, sp.seg, sp.d_start, sp.code(0)], &sp, 3);
         assert_eq!(c.state, SpanState::Inside(1));
         assert!(!c.allows(sp.seg, &sp));
+    }
+
+    #[test]
+    fn the_device_masks_agree_with_the_state_machine_at_every_step() {
+        let sp = sp();
+        let vocab = 17;
+        let masks = constraint_masks(vocab, &sp, &Device::flex()).into_data().to_vec::<f32>().expect("f32");
+        let mut c = SpanConstraint::after_prompt(&[1], &sp, 3);
+        let walk = [3, sp.seg, 4, sp.d_start, sp.code(0), sp.code(3), sp.code(1), sp.d_end, 7, sp.im_end];
+        let mut seen = Vec::new();
+        for &t in &walk {
+            let row = &masks[c.kind() as usize * vocab..(c.kind() as usize + 1) * vocab];
+            for (id, &m) in row.iter().enumerate() {
+                assert_eq!(m == 0.0, c.allows(id as u32, &sp), "state {:?}, token {id}", c.state);
+                assert!(m == 0.0 || m == f32::NEG_INFINITY);
+            }
+            seen.push(c.kind());
+            c.advance(t, &sp);
+        }
+        for kind in ConstraintKind::ALL {
+            assert!(seen.contains(&kind), "the walk never reached {kind:?}");
+        }
     }
 }
