@@ -3,14 +3,11 @@
 //! tokenizer from streamed synthetic rows into a loadable checkpoint. Also the CLI's data sources over the
 //! synthetic world and parquet datasets.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Float32Array, Int32Array, ListArray, RecordBatch, StringArray, StructArray};
+use arrow::array::{Array, ArrayRef, Float32Array, Int32Array, ListArray, RecordBatch, StructArray};
 use burn::tensor::{Device, Tensor};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use perceptio_actors::vqvae_train::{ParquetDepth, SynthDepth};
 use perceptio_models::depth::train::{OPTIMIZER_FILE, PREVIEW_FILE, STATE_FILE, TrainState, load_checkpoint};
 use perceptio_models::depth::{
@@ -18,6 +15,10 @@ use perceptio_models::depth::{
 };
 use perceptio_runtime::{Graph, RunOptions};
 use perceptio_synth::{Split, SynthConfig, SynthStream, TaskKind};
+
+#[path = "support/parquet_io.rs"]
+mod parquet_io;
+use parquet_io::{read_all, strings, write_parquet};
 
 /// 16x16 input, x4 down to a 4x4 grid (16 codes per map), K = 16.
 fn tiny_model() -> VqVaeConfig {
@@ -53,24 +54,6 @@ fn write_checkpoint(dir: &Path) {
         trainer.step(&source.next_batch(8).unwrap()).unwrap();
     }
     trainer.checkpoint().unwrap();
-}
-
-fn write_parquet(path: &Path, batch: &RecordBatch) {
-    let mut w = ArrowWriter::try_new(File::create(path).unwrap(), batch.schema(), None).unwrap();
-    w.write(batch).unwrap();
-    w.close().unwrap();
-}
-
-fn read_all(path: &Path) -> RecordBatch {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
-    let schema = builder.schema().clone();
-    let batches: Vec<RecordBatch> = builder.build().unwrap().map(|b| b.unwrap()).collect();
-    arrow::compute::concat_batches(&schema, &batches).unwrap()
-}
-
-fn strings(batch: &RecordBatch, name: &str) -> Vec<String> {
-    let col = batch.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
-    (0..col.len()).map(|i| col.value(i).to_string()).collect()
 }
 
 /// The rows with `depth_scale` of row `zero` set to 0.

@@ -4,7 +4,6 @@
 //! to `errors` with their ids; `perceptio-score` turns hand-made predictions into the numbers worked out by hand,
 //! and its table through the graph accounts for exactly the rows answered.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,8 +14,6 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema};
 use burn::module::Param;
 use burn::tensor::{Device, Distribution, Tensor};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use perceptio_actors::image_decode::image_bytes;
 use perceptio_actors::perceptio::infer::{GENERATED, PRED_DEPTH, PRED_DEPTH_CODES, PRED_MASK, SEG};
 use perceptio_actors::perceptio::init::init_tiny_model;
@@ -27,6 +24,10 @@ use perceptio_models::depth::train::{TrainState, save_checkpoint};
 use perceptio_models::perceptio::checkpoint::{load_model, save_model};
 use perceptio_runtime::{Graph, RunOptions};
 use perceptio_synth::{Split, SynthConfig, SynthStream};
+
+#[path = "support/parquet_io.rs"]
+mod parquet_io;
+use parquet_io::{read_all, strings, write_parquet};
 
 /// Codes per depth span of the tiny preset (80 px maps, 10x10 grid) and the decoded map's side.
 const SPAN: usize = 100;
@@ -48,11 +49,6 @@ fn synth_rows(scenes: usize, seed: u64) -> RecordBatch {
     };
     let batches: Vec<RecordBatch> = SynthStream::new(cfg, seed, Split::Train).unwrap().map(|b| b.unwrap()).collect();
     arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
-}
-
-fn strings(batch: &RecordBatch, name: &str) -> Vec<String> {
-    let col = batch.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap();
-    (0..col.len()).map(|i| col.value(i).to_string()).collect()
 }
 
 /// A tiny model directory for `rows`: word tokenizer from their texts, a random VQ-VAE, other parts from a seed.
@@ -79,19 +75,6 @@ fn model_dir(dir: &Path, rows: &RecordBatch) -> PathBuf {
     model.llm.new_head = Param::from_tensor(head);
     save_model(&out, &cfg, &model).unwrap();
     out
-}
-
-fn write_parquet(path: &Path, batch: &RecordBatch) {
-    let mut w = ArrowWriter::try_new(File::create(path).unwrap(), batch.schema(), None).unwrap();
-    w.write(batch).unwrap();
-    w.close().unwrap();
-}
-
-fn read_all(path: &Path) -> RecordBatch {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
-    let schema = builder.schema().clone();
-    let batches: Vec<RecordBatch> = builder.build().unwrap().map(|b| b.unwrap()).collect();
-    arrow::compute::concat_batches(&schema, &batches).unwrap()
 }
 
 /// `rows` with row `bad_image`'s image replaced by bytes that are no PNG (the image column becomes plain

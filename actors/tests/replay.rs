@@ -10,9 +10,12 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Fields, Schema};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::properties::WriterProperties;
 use perceptio_runtime::{Graph, RunOptions, RunSummary};
+
+#[path = "support/parquet_io.rs"]
+mod parquet_io;
+use parquet_io::read_all;
 
 /// A 2x2 RGB PNG, made with the png crate.
 fn tiny_png(seed: u8) -> Vec<u8> {
@@ -85,13 +88,6 @@ fn write_hf_parquet(path: &Path, rows: usize, row_group: usize, bad_images: &[us
     .unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
-}
-
-fn read_all(path: &Path) -> RecordBatch {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
-    let schema = builder.schema().clone();
-    let batches: Vec<RecordBatch> = builder.build().unwrap().map(|b| b.unwrap()).collect();
-    arrow::compute::concat_batches(&schema, &batches).unwrap()
 }
 
 fn ids(batch: &RecordBatch) -> Vec<String> {

@@ -37,7 +37,7 @@ pub struct PretrainSam2Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Weight of the Dice term next to the BCE term.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 4.0)]
     pub dice_weight: f64,
     /// Held-out parquet files (glob): report the point-prompted mean IoU before and after pretraining.
     #[arg(long)]
@@ -98,27 +98,8 @@ pub fn run(args: &PretrainSam2Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pretrains the SAM2 of the model in `model_dir` on the masked rows of `data_glob` (default settings otherwise,
-/// warm-up over a tenth of the steps) and writes the segmentation part back (atomically). The demo's entry point.
-#[allow(dead_code)]
-pub fn pretrain(
-    model_dir: &Path,
-    data_glob: &str,
-    steps: usize,
-    batch: usize,
-    lr: f64,
-    seed: u64,
-) -> anyhow::Result<PretrainSummary> {
-    let cfg = Sam2PretrainConfig::new()
-        .with_steps(steps)
-        .with_batch_size(batch)
-        .with_lr(lr)
-        .with_seed(seed)
-        .with_warmup((steps / 10).min(50));
-    pretrain_with(model_dir, data_glob, &cfg)
-}
-
-/// [`pretrain`] with every setting given.
+/// Pretrains the SAM2 of the model in `model_dir` on the masked rows of `data_glob` and writes the segmentation
+/// part back (atomically); `perceptio pretrain-sam2` and the demo's segmenter stage.
 pub fn pretrain_with(model_dir: &Path, data_glob: &str, pcfg: &Sam2PretrainConfig) -> anyhow::Result<PretrainSummary> {
     let start = Instant::now();
     let steps = pcfg.steps;

@@ -277,7 +277,7 @@ mod tests {
     fn the_device_masks_agree_with_the_state_machine_at_every_step() {
         let sp = sp();
         let vocab = 17;
-        let masks = constraint_masks(vocab, &sp, &Device::flex()).into_data().to_vec::<f32>().expect("f32");
+        let masks = constraint_masks(vocab, &sp, &Device::flex()).into_data().try_to_vec::<f32>().expect("f32");
         let mut c = SpanConstraint::after_prompt(&[1], &sp, 3);
         let walk = [3, sp.seg, 4, sp.d_start, sp.code(0), sp.code(3), sp.code(1), sp.d_end, 7, sp.im_end];
         let mut seen = Vec::new();

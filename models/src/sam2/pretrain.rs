@@ -33,8 +33,9 @@ pub struct Sam2PretrainConfig {
     #[config(default = 20)]
     pub warmup: usize,
     /// Weight of the Dice term next to the BCE term. The synthetic world's objects cover a few percent of the
-    /// image, so with a small weight (Perceptio's 0.25) BCE wins and the masks collapse to background.
-    #[config(default = 1.0)]
+    /// image, so with a small weight BCE wins and the single-mask output collapses to background (measured on the
+    /// demo world, 300 steps: weight 1 left a training IoU of 0.02, weight 4 reached 0.19).
+    #[config(default = 4.0)]
     pub dice_weight: f64,
     /// Global gradient-norm clip.
     #[config(default = 1.0)]

@@ -1,6 +1,7 @@
 //! `perceptio demo`: the main job on the embedded default, with no downloads. It renders the synthetic world,
 //! trains the depth tokenizer on the training split's depth maps, caches every row's depth codes
-//! (`dataflows/cache-depth-codes.yaml`), initialises a tiny Perceptio, trains it twice through the actor graph
+//! (`dataflows/cache-depth-codes.yaml`), initialises a tiny Perceptio, pretrains its SAM2 on the world's masks
+//! (`perceptio pretrain-sam2`), trains it twice through the actor graph
 //! (`dataflows/train.yaml`: the full model, and the "no depth tokens" ablation), evaluates both on the held-out
 //! test split (`dataflows/eval.yaml`) and writes `report.md` with the results table, training curves and sample
 //! answers. `--quick` runs the same stages smaller.
@@ -19,8 +20,10 @@ use perceptio_actors::perceptio::init::{dataset_texts, init_tiny_model};
 use perceptio_synth::SynthConfig;
 
 use super::eval::evaluate;
+use super::pretrain_sam2;
 use super::train_vqvae::{self, TrainVqvaeArgs};
-use report::{Report, RunResult};
+use perceptio_models::sam2::pretrain::Sam2PretrainConfig;
+use report::{Report, RunResult, SegmenterResult};
 
 const CACHE_FLOW: &str = include_str!("../../../dataflows/cache-depth-codes.yaml");
 const TRAIN_FLOW: &str = include_str!("../../../dataflows/train.yaml");
@@ -40,6 +43,10 @@ pub struct DemoArgs {
     /// Depth-tokenizer training steps (default 400, or 100 with --quick).
     #[arg(long)]
     pub vqvae_steps: Option<usize>,
+    /// Segmenter (SAM2) pretraining steps on the world's masks before Perceptio training (default 300, or 40
+    /// with --quick; 0 skips the stage).
+    #[arg(long)]
+    pub sam2_steps: Option<usize>,
     /// Perceptio optimiser steps per model (default 300, or 60 with --quick).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -56,6 +63,7 @@ pub struct DemoArgs {
 pub struct Plan {
     pub scenes: usize,
     pub vqvae_steps: usize,
+    pub sam2_steps: usize,
     pub steps: usize,
     pub eval_rows: Option<usize>,
 }
@@ -66,6 +74,7 @@ impl DemoArgs {
         Plan {
             scenes: self.scenes.unwrap_or(if q { 120 } else { 600 }),
             vqvae_steps: self.vqvae_steps.unwrap_or(if q { 100 } else { 400 }),
+            sam2_steps: self.sam2_steps.unwrap_or(if q { 40 } else { 300 }),
             steps: self.steps.unwrap_or(if q { 60 } else { 300 }),
             eval_rows: self.eval_rows.or(if q { Some(64) } else { None }),
         }
@@ -206,7 +215,41 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let (model_cfg, _) = init_tiny_model(&texts, &vqvae, &init, args.seed)?;
     report.model = Some(model_cfg);
 
-    // 5. Train twice: the full model and the no-depth-tokens ablation.
+    // 5. The segmenter: SAM2 pretrained on the training split's masks with point prompts, so that the image encoder
+    //    Perceptio training keeps frozen gives the mask decoder learned features.
+    if plan.sam2_steps > 0 {
+        let t = Instant::now();
+        println!("segmenter: {} steps of point-prompted SAM2 pretraining", plan.sam2_steps);
+        let pcfg = Sam2PretrainConfig::new()
+            .with_steps(plan.sam2_steps)
+            .with_seed(args.seed)
+            .with_warmup((plan.sam2_steps / 10).min(50));
+        let (model_dir, train_glob, val_glob) = (
+            init.clone(),
+            data_dir.join("train-*.parquet").display().to_string(),
+            data_dir.join("validation-*.parquet").display().to_string(),
+        );
+        let val_rows = if args.quick { 32 } else { 128 };
+        let seed = args.seed;
+        let seg = tokio::task::spawn_blocking(move || -> anyhow::Result<SegmenterResult> {
+            let before = pretrain_sam2::evaluate(&model_dir, &val_glob, val_rows, seed)?;
+            let train = pretrain_sam2::pretrain_with(&model_dir, &train_glob, &pcfg)?;
+            let after = pretrain_sam2::evaluate(&model_dir, &val_glob, val_rows, seed)?;
+            Ok(SegmenterResult { before, after, train })
+        })
+        .await??;
+        println!(
+            "segmenter: held-out point-prompt IoU {:.3} -> {:.3} ({} masks, {:.0}s)",
+            seg.before.configured,
+            seg.after.configured,
+            seg.after.masks,
+            secs(t)
+        );
+        report.segmenter = Some(seg);
+        report.stage("segmenter", secs(t));
+    }
+
+    // 6. Train twice: the full model and the no-depth-tokens ablation.
     let test_glob = codes.join("test-*.parquet").display().to_string();
     for (name, depth_tokens) in [("full", true), ("no depth tokens", false)] {
         let dir = out.join(if depth_tokens { "train-full" } else { "train-no-depth" });
@@ -244,7 +287,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         });
     }
 
-    // 6. Pictures and the report.
+    // 7. Pictures and the report.
     let t = Instant::now();
     let docs = out.join("report");
     std::fs::create_dir_all(&docs).with_context(|| format!("creating {}", docs.display()))?;

@@ -18,6 +18,7 @@ use perceptio_synth::pictures::write_png;
 use super::Plan;
 use super::plot::{Series, line_plot, smooth};
 use super::samples::SampleLine;
+use crate::cli::pretrain_sam2::{PointIou, PretrainSummary};
 
 /// Per-micro-batch loss terms of one training run (`None` where a batch had no such term).
 #[derive(Debug, Clone, Default)]
@@ -67,6 +68,13 @@ pub fn read_metrics(path: &Path) -> anyhow::Result<Curve> {
     Ok(curve)
 }
 
+/// The segmenter stage: point-prompted SAM2 IoU on held-out masks before and after pretraining.
+pub struct SegmenterResult {
+    pub before: PointIou,
+    pub after: PointIou,
+    pub train: PretrainSummary,
+}
+
 /// One trained and evaluated model.
 pub struct RunResult {
     pub name: String,
@@ -86,6 +94,7 @@ pub struct Report {
     pub stages: Vec<(String, f64)>,
     pub dataset: Vec<(String, PathBuf, u64, u64)>,
     pub vqvae: Option<ValMetrics>,
+    pub segmenter: Option<SegmenterResult>,
     pub model: Option<PerceptioConfig>,
     pub runs: Vec<RunResult>,
     pub curves_png: Option<PathBuf>,
@@ -118,6 +127,7 @@ impl Report {
             stages: Vec::new(),
             dataset: Vec::new(),
             vqvae: None,
+            segmenter: None,
             model: None,
             runs: Vec::new(),
             curves_png: None,
@@ -230,12 +240,13 @@ impl Report {
         let p = &self.plan;
         let _ = writeln!(
             s,
-            "Command: `perceptio demo{}` (seed {}): {} scenes, depth tokenizer {} steps, Perceptio {} steps per model, \
-             {} test rows per evaluation. {:.0} s in total on this machine.\n",
+            "Command: `perceptio demo{}` (seed {}): {} scenes, depth tokenizer {} steps, segmenter {} steps, \
+             Perceptio {} steps per model, {} test rows per evaluation. {:.0} s in total on this machine.\n",
             if self.quick { " --quick" } else { "" },
             self.seed,
             p.scenes,
             p.vqvae_steps,
+            p.sam2_steps,
             p.steps,
             p.eval_rows.map_or("all".to_string(), |n| format!("up to {n}")),
             self.total_secs
@@ -283,8 +294,7 @@ impl Report {
                 "Model: the tiny preset: {}px images -> {} image tokens, LLM {} layers of width {} ({} heads, {} kv \
                  heads), vocabulary {} + {} added tokens; LLM training mode `{}`; image encoder {}; SAM2-tiny mask decoder \
                  and `[SEG]` projection trained; SAM2 image encoder and depth tokenizer frozen. Every weight starts \
-                 random (no pretrained checkpoints exist for the tiny preset), so the frozen SAM2 encoder gives the \
-                 mask decoder random (if spatially faithful) features.\n",
+                 random (no pretrained checkpoints exist for the tiny preset); {}.\n",
                 m.vlm.vision.image_size,
                 m.image_tokens(),
                 t.num_hidden_layers,
@@ -294,7 +304,34 @@ impl Report {
                 t.vocab_size,
                 m.added_tokens,
                 m.trainable.llm,
-                if m.trainable.vision_encoder { "trained" } else { "frozen" }
+                if m.trainable.vision_encoder { "trained" } else { "frozen" },
+                if self.segmenter.is_some() {
+                    "the SAM2 image encoder Perceptio training freezes was pretrained first (below)"
+                } else {
+                    "the segmenter stage was skipped, so the frozen SAM2 encoder gives the mask decoder random \
+                     (if spatially faithful) features"
+                }
+            );
+        }
+        if let Some(g) = &self.segmenter {
+            let _ = writeln!(s, "## Segmenter (`perceptio pretrain-sam2`)\n");
+            let _ = writeln!(
+                s,
+                "SAM2-tiny trained on the training split's referring masks, one positive point prompt per mask, every \
+                 weight trained ({:.0} s). Point-prompted mean IoU on {} held-out masks: {:.3} before, {:.3} after \
+                 (single-mask output: {:.3} -> {:.3}). Training loss {:.3} -> {:.3}, IoU {:.3} -> {:.3} (means of the \
+                 first and last {} steps).\n",
+                g.train.secs,
+                g.after.masks,
+                g.before.configured,
+                g.after.configured,
+                g.before.single_token,
+                g.after.single_token,
+                g.train.first_loss,
+                g.train.last_loss,
+                g.train.first_iou,
+                g.train.last_iou,
+                g.train.window
             );
         }
         let _ = writeln!(s, "## Depth tokenizer\n");
