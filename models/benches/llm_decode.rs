@@ -4,7 +4,7 @@
 //!
 //! Run (needs `[[bench]] name = "llm_decode", harness = false` in models/Cargo.toml):
 //!   cargo bench -p perceptio-models --bench llm_decode -- [tiny|0.5b|all] [--threads N]
-//!     [--prompt 128] [--decode 32] [--repeats 3]
+//!     [--prompt 128] [--decode 32] [--repeats 3] [--no-torch]
 //! The PyTorch side is benches/reference/llm_bench.py, run with the venv at $PERCEPTIO_VENV
 //! (default /work/.venv-perceptio), which is created with scripts/fixtures/setup-venv.sh if missing.
 //! Both sides use randomly initialised f32 weights, batch 1, greedy decoding with a KV cache;
@@ -23,6 +23,8 @@ struct Args {
     prompt: usize,
     decode: usize,
     repeats: usize,
+    /// Skip the PyTorch side (perceptio's numbers only, no venv needed).
+    no_torch: bool,
 }
 
 fn parse() -> Args {
@@ -32,6 +34,7 @@ fn parse() -> Args {
         prompt: 128,
         decode: 32,
         repeats: 3,
+        no_torch: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -44,6 +47,7 @@ fn parse() -> Args {
             "--decode" => a.decode = num("--decode"),
             "--repeats" => a.repeats = num("--repeats"),
             "--bench" => {}
+            "--no-torch" => a.no_torch = true,
             "tiny" | "0.5b" | "all" => a.which = x,
             other => eprintln!("ignoring argument {other}"),
         }
@@ -53,7 +57,7 @@ fn parse() -> Args {
 
 /// (prefill tokens/s, decode tokens/s) of perceptio.
 fn perceptio(cfg: &Qwen2Config, a: &Args) -> (f64, f64) {
-    let device = Device::default();
+    let device = Device::flex();
     let model = cfg.init(&device);
     let prompt: Vec<u32> = (0..a.prompt).map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32).collect();
     let (mut best_prefill, mut best_decode) = (f64::INFINITY, f64::INFINITY);
@@ -143,6 +147,10 @@ fn main() {
     );
     for (name, cfg) in shapes {
         let (p, d) = perceptio(&cfg, &a);
+        if a.no_torch {
+            println!("{:<20} {:>14.1} {:>14} {:>8} {:>14.2} {:>14} {:>8}", name, p, "-", "-", d, "-", "-");
+            continue;
+        }
         let (tp, td) = pytorch(&cfg, &a);
         println!("{:<20} {:>14.1} {:>14.1} {:>8.2} {:>14.2} {:>14.2} {:>8.2}", name, p, tp, p / tp, d, td, d / td);
     }

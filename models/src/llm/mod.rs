@@ -17,7 +17,7 @@ pub use config::{ConfigError, LlmFamily, Qwen2Config};
 pub use layer::Qwen2DecoderLayer;
 pub use linear::{Linear, LinearConfig};
 pub use mlp::Qwen2Mlp;
-pub use model::{Qwen2ForCausalLM, Qwen2Model};
+pub use model::{Qwen2ForCausalLM, Qwen2Model, matmul_rows_t};
 pub use rope::{Rope, inv_freq};
 
 mod checkpoint;

@@ -90,11 +90,8 @@ impl Qwen2ForCausalLM {
     /// Hidden states `[b, s, d]` -> logits `[b, s, vocab]`.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden), // [b, s, v]
-            None => {
-                let w = self.model.embed_tokens.weight.val(); // [v, d]
-                hidden.matmul(w.transpose().unsqueeze()) // [b, s, v]
-            }
+            Some(head) => head.forward(hidden),                                  // [b, s, v]
+            None => matmul_rows_t(hidden, self.model.embed_tokens.weight.val()), // [b, s, v]
         }
     }
 
@@ -122,4 +119,13 @@ impl Qwen2ForCausalLM {
     pub fn vocab_size(&self) -> usize {
         self.model.embed_tokens.weight.shape().dims::<2>()[0]
     }
+}
+
+/// `x · wᵀ` for `x` `[b, s, d]` and a row-major table `w` `[n, d]` (a tied head, added-token rows): `[b, s, n]`.
+/// Done as one 2-D matmul on a transposed view: burn-flex's batched matmul path with a transposed right-hand side
+/// is about 15x slower (measured for the Qwen2.5-0.5B head: 1.3 s against 0.07-0.1 s per decode step).
+pub fn matmul_rows_t(x: Tensor<3>, w: Tensor<2>) -> Tensor<3> {
+    let [b, s, d] = x.dims();
+    let n = w.dims()[0];
+    x.reshape([b * s, d]).matmul(w.transpose()).reshape([b, s, n]) // [b, s, n]
 }

@@ -251,7 +251,7 @@ impl LlmPart {
     /// Logits over the extended vocabulary for hidden states `[B, S, d]` -> `[B, S, V + A]`.
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         let base = self.language_model.logits(hidden.clone()); // [B, S, V]
-        let added = hidden.matmul(self.new_head.val().transpose().unsqueeze()); // [B, S, A]
+        let added = crate::llm::matmul_rows_t(hidden, self.new_head.val()); // [B, S, A]
         Tensor::cat(vec![base, added], 2) // [B, S, V + A]
     }
 
