@@ -50,13 +50,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo shows progress bars with each node's status line and prints its own stage summaries, so node logs
+    // would only interleave with the bars: warnings and errors only, unless RUST_LOG says otherwise.
+    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".parse().expect("valid")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.parse().expect("valid")),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run(args) => tokio_main(dataflow::run(args)),
         Command::Validate(args) => dataflow::validate(args),
