@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
-use perceptio::actors::perceptio::init::init_tiny_model;
-use perceptio::models::depth::VqVaeConfig;
-use perceptio::models::depth::train::{TrainState, save_checkpoint};
+use perceptio::actors::perceptio::init::{init_tiny_model, write_untrained_vqvae};
 use perceptio::models::perceptio::predict::{AskOptions, PredictEvent, Predictor, Query};
 use perceptio::serve::{Event, ImageInput, ServeConfig, ServeRuntime, SubmitOptions, WhenFull};
 
@@ -30,12 +28,8 @@ fn env_or(name: &str, default: usize) -> usize {
 }
 
 fn tiny_model(dir: &Path) -> anyhow::Result<PathBuf> {
-    let device = Device::flex();
-    device.seed(3);
-    let vq_cfg = VqVaeConfig::tiny();
-    let vq = vq_cfg.init(&device)?;
     let vq_dir = dir.join("vqvae");
-    save_checkpoint(&vq, &vq_cfg, &TrainState { step: 0, metrics: None, ..Default::default() }, &vq_dir)?;
+    write_untrained_vqvae(&vq_dir, 3)?;
     let texts: Vec<String> = QUESTIONS.iter().map(|s| s.to_string()).collect();
     let model = dir.join("model");
     init_tiny_model(&texts, &vq_dir, &model, 11)?;

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
-use perceptio::actors::perceptio::init::init_tiny_model;
-use perceptio::models::depth::VqVaeConfig;
-use perceptio::models::depth::train::{TrainState, save_checkpoint};
+use perceptio::actors::perceptio::init::{init_tiny_model, write_untrained_vqvae};
 use perceptio::models::perceptio::checkpoint::{TOKENIZER_FILE, save_model};
 use perceptio::models::perceptio::image::encoder_input;
 use perceptio::models::perceptio::predict::{Predictor, Query};
@@ -28,12 +26,8 @@ const CORPUS: [&str; 6] = [
 
 /// A random tiny model directory (random VQ-VAE too) under `dir`.
 fn tiny_model(dir: &Path) -> PathBuf {
-    let device = Device::flex();
-    device.seed(3);
-    let vq_cfg = VqVaeConfig::tiny();
-    let vq = vq_cfg.init(&device).unwrap();
     let vq_dir = dir.join("vqvae");
-    save_checkpoint(&vq, &vq_cfg, &TrainState { step: 0, metrics: None, ..Default::default() }, &vq_dir).unwrap();
+    write_untrained_vqvae(&vq_dir, 3).unwrap();
     let texts: Vec<String> = CORPUS.iter().map(|s| s.to_string()).collect();
     let model = dir.join("model");
     init_tiny_model(&texts, &vq_dir, &model, 11).unwrap();

@@ -174,9 +174,12 @@ impl NodeKind for DepthEncodeKind {
         let input = PortSchema::default()
             .with_field(FieldSpec::any(p.depth_column.clone()))
             .with_field(FieldSpec::any(p.scale_column.clone()));
-        let mut output = ctx.inputs.get("in").cloned().unwrap_or_default();
-        output.fields.retain(|f| f.name != p.output);
-        output.fields.push(FieldSpec::new(p.output.clone(), codes_type()));
+        let output = ctx
+            .inputs
+            .get("in")
+            .cloned()
+            .unwrap_or_default()
+            .with_field_set(FieldSpec::new(p.output.clone(), codes_type()));
         Ok(NodePorts {
             inputs: vec![PortDecl::required("in", input)],
             outputs: vec![PortDecl::required("out", output), PortDecl::required(ERROR_PORT, error_port_schema())],

@@ -16,11 +16,9 @@ use burn::module::Param;
 use burn::tensor::{Device, Distribution, Tensor};
 use perceptio_actors::image_decode::image_bytes;
 use perceptio_actors::perceptio::infer::{GENERATED, PRED_DEPTH, PRED_DEPTH_CODES, PRED_MASK, SEG};
-use perceptio_actors::perceptio::init::init_tiny_model;
+use perceptio_actors::perceptio::init::{init_tiny_model, write_untrained_vqvae};
 use perceptio_actors::perceptio::score::{EvalTable, Scorer};
-use perceptio_models::depth::VqVaeConfig;
 use perceptio_models::depth::depth_target_from_png;
-use perceptio_models::depth::train::{TrainState, save_checkpoint};
 use perceptio_models::perceptio::checkpoint::{load_model, save_model};
 use perceptio_runtime::{Graph, RunOptions};
 use perceptio_synth::{Split, SynthConfig, SynthStream};
@@ -56,11 +54,8 @@ fn synth_rows(scenes: usize, seed: u64) -> RecordBatch {
 /// leans along u, an answer starts with `[SEG]` and opens the depth span right after it.
 fn model_dir(dir: &Path, rows: &RecordBatch) -> PathBuf {
     let device = Device::flex();
-    device.seed(5);
-    let vq_cfg = VqVaeConfig::tiny();
-    let vq = vq_cfg.init(&device).unwrap();
     let vq_dir = dir.join("vqvae");
-    save_checkpoint(&vq, &vq_cfg, &TrainState::default(), &vq_dir).unwrap();
+    write_untrained_vqvae(&vq_dir, 5).unwrap();
     let mut texts = strings(rows, "question");
     texts.extend(strings(rows, "answer"));
     let out = dir.join("model");

@@ -76,6 +76,14 @@ impl PortSchema {
         self
     }
 
+    /// `field` in place of any field of the same name, else appended: the output schema of a node that adds
+    /// (or overwrites) a column of its input frames.
+    pub fn with_field_set(mut self, field: FieldSpec) -> Self {
+        self.fields.retain(|f| f.name != field.name);
+        self.fields.push(field);
+        self
+    }
+
     pub fn with_tensor(mut self, tensor: TensorSpec) -> Self {
         self.tensors.push(tensor);
         self
@@ -200,5 +208,17 @@ mod tests {
         assert_eq!(errs[1].to_string(), "field `text` is required but not produced");
         assert_eq!(errs[2].to_string(), "tensor `pixels` is required but not attached");
         assert!(producer.satisfies(&PortSchema::any()).is_ok());
+    }
+
+    #[test]
+    fn a_set_field_replaces_its_namesake_or_is_appended() {
+        let s = PortSchema::default()
+            .with_field(FieldSpec::new("id", DataType::Utf8))
+            .with_field(FieldSpec::new("codes", DataType::Int32))
+            .with_field_set(FieldSpec::new("codes", DataType::Int64))
+            .with_field_set(FieldSpec::new("extra", DataType::Boolean));
+        let names: Vec<&str> = s.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["id", "codes", "extra"]);
+        assert_eq!(s.field("codes").and_then(|f| f.data_type.clone()), Some(DataType::Int64));
     }
 }

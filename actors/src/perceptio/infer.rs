@@ -126,12 +126,9 @@ impl NodeKind for PerceptioInferKind {
         let input = PortSchema::default()
             .with_field(FieldSpec::any(p.image_column.clone()))
             .with_field(FieldSpec::new(p.question_column.clone(), DataType::Utf8));
-        let mut output = ctx.inputs.get("in").cloned().unwrap_or_default();
-        let added = output_fields();
-        output.fields.retain(|f| !added.iter().any(|a| a.name() == &f.name));
-        for f in added {
-            output.fields.push(FieldSpec::new(f.name().clone(), f.data_type().clone()));
-        }
+        let output = output_fields().iter().fold(ctx.inputs.get("in").cloned().unwrap_or_default(), |s, f| {
+            s.with_field_set(FieldSpec::new(f.name().clone(), f.data_type().clone()))
+        });
         Ok(NodePorts {
             inputs: vec![PortDecl::required("in", input)],
             outputs: vec![PortDecl::required("out", output), PortDecl::optional(ERROR_PORT, error_port_schema())],

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, StringArray};
 use burn::tensor::Device;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use perceptio_models::depth::train::load_checkpoint;
+use perceptio_models::depth::train::{TrainState, load_checkpoint, save_checkpoint};
+use perceptio_models::depth::{VqVae, VqVaeConfig};
 use perceptio_models::perceptio::checkpoint::{TOKENIZER_FILE, save_model};
 use perceptio_models::perceptio::tokens::{base_vocab_size, build_word_tokenizer, special_tokens};
 use perceptio_models::perceptio::{Perceptio, PerceptioConfig};
@@ -24,6 +25,17 @@ pub enum InitError {
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> InitError {
     InitError::File { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+/// Writes an untrained tiny depth tokenizer (weights drawn from `seed`) as a checkpoint in `dir` and returns it:
+/// the stand-in where only shapes and plumbing matter (tests, benchmarks, smoke runs of `init_tiny_model`).
+pub fn write_untrained_vqvae(dir: &Path, seed: u64) -> Result<VqVae, InitError> {
+    let device = Device::flex();
+    device.seed(seed);
+    let cfg = VqVaeConfig::tiny();
+    let vq = cfg.init(&device).map_err(|e| InitError::Other(e.to_string()))?;
+    save_checkpoint(&vq, &cfg, &TrainState::default(), dir).map_err(|e| file_err(dir, e))?;
+    Ok(vq)
 }
 
 /// Every `question`, `answer` and `expression` string of the parquet files (the tokenizer's corpus).

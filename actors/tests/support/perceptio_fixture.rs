@@ -11,10 +11,8 @@ use burn::tensor::{Device, Tensor};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use perceptio_actors::image_decode::image_bytes;
-use perceptio_actors::perceptio::init::{dataset_texts, init_tiny_model};
-use perceptio_models::depth::VqVaeConfig;
+use perceptio_actors::perceptio::init::{dataset_texts, init_tiny_model, write_untrained_vqvae};
 use perceptio_models::depth::target::depth_target_from_png;
-use perceptio_models::depth::train::{TrainState, save_checkpoint};
 use perceptio_synth::SynthConfig;
 
 pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
@@ -30,11 +28,8 @@ pub fn fixture(dir: &Path, scenes: usize) -> (PathBuf, PathBuf) {
     let train = dir.join("world/data/train-00000-of-00001.parquet");
     // depth tokenizer: random weights are enough for equality tests
     let device = Device::flex();
-    device.seed(3);
-    let vq_cfg = VqVaeConfig::tiny();
-    let vq = vq_cfg.init(&device).unwrap();
     let vq_dir = dir.join("vqvae");
-    save_checkpoint(&vq, &vq_cfg, &TrainState { step: 0, metrics: None, ..Default::default() }, &vq_dir).unwrap();
+    let vq = write_untrained_vqvae(&vq_dir, 3).unwrap();
     // cache the codes as the `depth-encode` node would
     let batches = read_parquet(&train);
     let codes_path = dir.join("codes.parquet");
