@@ -1,6 +1,7 @@
 //! Serving overhead: requests per second and time to first token at batch 1, 4 and 16, through the embedded
-//! runtime (ServeRuntime over dataflows/serve.yaml: ingress, answer node, egress, per-request streams) and by
-//! calling the Predictor directly on the same batch, printed with the runtime / direct ratios.
+//! runtime (ServeRuntime over dataflows/serve.yaml: request check, the two encoders, LLM, router, the two heads and
+//! the event egress as separate nodes, per-request streams) and by calling the Predictor directly on the same
+//! batch, printed with the runtime / direct ratios.
 //!
 //!   cargo bench --bench serve
 //!

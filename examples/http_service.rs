@@ -259,6 +259,7 @@ fn event_json(event: &Event) -> serde_json::Value {
             "ids": answer.ids,
             "seg": answer.seg,
             "depth_codes": answer.depth_codes,
+            "batch_size": answer.batch_size,
             "timings_ms": {
                 "queue": ms(timings.queue),
                 "generate": ms(timings.generate),

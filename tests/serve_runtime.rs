@@ -77,7 +77,7 @@ fn token_ids(events: &[Event]) -> Vec<u32> {
 fn force_span_opening(model: &Path, query: &Query, out: &Path) {
     let device = Device::flex();
     let mut p = Predictor::load(model, &device).unwrap();
-    let sp = p.specials;
+    let sp = p.text.specials;
     let prompt = p.prompt(&query.question).unwrap();
     let size = p.cfg.vlm.vision.image_size;
     let pixels = encoder_input(&query.rgb, query.height, query.width, size);
@@ -115,7 +115,7 @@ async fn a_depth_span_holds_exactly_span_len_codes_and_streams_mask_depth_and_do
     let forced = dir.path().join("forced");
     force_span_opening(&model, &Query::from_png(&image, question).unwrap(), &forced);
     let p = Predictor::load(&forced, &Device::flex()).unwrap();
-    let (sp, n) = (p.specials, p.span_len());
+    let (sp, n) = (p.text.specials, p.span_len());
     drop(p);
 
     let rt = ServeRuntime::new(&forced, config(4, 1, 0, WhenFull::Wait)).await.unwrap();
@@ -132,7 +132,9 @@ async fn a_depth_span_holds_exactly_span_len_codes_and_streams_mask_depth_and_do
     assert!(answer.seg);
     let mask = all.iter().position(|e| matches!(e, Event::Mask { .. })).expect("a mask event");
     let depth = all.iter().position(|e| matches!(e, Event::Depth { .. })).expect("a depth event");
-    assert!(mask > ids.len() - 1 && depth > mask && depth < all.len() - 1, "tokens, mask, depth, done");
+    let token_at = |t: u32| all.iter().position(|e| matches!(e, Event::Token { id, .. } if *id == t)).unwrap();
+    assert!(mask > token_at(sp.seg) && mask < all.len() - 1, "the mask follows [SEG] and comes before Done");
+    assert!(depth > token_at(sp.d_end) && depth < all.len() - 1, "the depth map follows <d_end>, before Done");
     if let Event::Mask { probs, size } = &all[mask] {
         assert_eq!(probs.len(), size * size);
         assert!(probs.iter().all(|p| (0.0..=1.0).contains(p)));
@@ -142,6 +144,7 @@ async fn a_depth_span_holds_exactly_span_len_codes_and_streams_mask_depth_and_do
         assert!(values.iter().all(|v| v.is_finite()));
     }
     assert!(timings.total >= timings.generate && timings.generate > Duration::ZERO);
+    assert!(timings.mask > Duration::ZERO && timings.depth > Duration::ZERO, "the heads' decode times: {timings:?}");
 
     // cut short inside the span: no depth map, the codes so far
     let short = SubmitOptions { max_new_tokens: 20 };
@@ -183,8 +186,8 @@ async fn a_batch_of_mixed_requests_answers_as_the_same_requests_one_by_one() {
         together.push(events(h).await);
     }
     batched.shutdown().await.unwrap();
-    let generate: Vec<Duration> = together.iter().map(|e| done(e).1.generate).collect();
-    assert!(generate.iter().all(|g| *g == generate[0]), "all four ran as one batch: {generate:?}");
+    let sizes: Vec<usize> = together.iter().map(|e| done(e).0.batch_size).collect();
+    assert_eq!(sizes, vec![4; 4], "all four ran as one batch");
 
     let single = ServeRuntime::new(&model, config(8, 1, 0, WhenFull::Wait)).await.unwrap();
     for ((image, q, max), batch_events) in mixed_requests().into_iter().zip(&together) {

@@ -20,10 +20,11 @@
 //! - In flight: at most `max_in_flight` requests are open (submitted and not yet done, failed or cancelled).
 //!   Beyond that `submit` waits for a slot ([`WhenFull::Wait`]) or fails with [`SubmitError::Busy`]
 //!   ([`WhenFull::Reject`]). Cancelling a request, or dropping its handle, frees its slot at once.
-//! - Batching: the answer node answers up to `max_batch` requests together, those that arrived within
+//! - Batching: the LLM node decodes up to `max_batch` requests together, those that arrived within
 //!   `batch_window_ms` of each other (a batch starts as soon as it is full).
-//! - Events: `Token` as decoded; `Mask` and `Depth` once the batch's generation ended (the model decodes both heads
-//!   after generation); then `Done` with the answer and timings. A malformed image, an over-long prompt or a
+//! - Events: `Token` as decoded; `Mask` right after the `[SEG]` token (the SAM2 encoder ran beside the LLM, so
+//!   only the mask decoder is left); `Depth` right after `<d_end>` closes the span; then `Done` with the answer and
+//!   timings (`mask` and `depth` are the heads' decode times). A malformed image, an over-long prompt or a
 //!   model failure ends that request with `Error`; the others go on.
 //! - The model runs on the graph's own threads, never on the async runtime's workers.
 

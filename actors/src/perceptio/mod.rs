@@ -2,7 +2,8 @@
 //! (image encoder, SAM2 encoder, LLM, mask decoder, depth decoder), the token router and the loss aggregator.
 //! In training, frames carry autodiff tensors between them; the aggregator runs backward and every trainable node
 //! steps its own optimiser (see `perceptio_runtime::train`).
-//! For serving, `serve-requests` -> `perceptio-answer` -> `serve-events` (see [`serve`]).
+//! For serving, one node per part again, plus a request check, a token router and the event egress (see
+//! [`serve`]).
 //! For evaluation, `perceptio-infer` answers rows with a trained model and `perceptio-score` scores the answers.
 
 pub mod aggregator;

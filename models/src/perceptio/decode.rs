@@ -179,8 +179,22 @@ pub fn generate_streaming(
     max_new: usize,
     on_event: &mut dyn FnMut(DecodeEvent<'_>) -> bool,
 ) -> Result<Vec<Generated>, ModelError> {
-    let b = prompts.len();
     let image = pixels.map(|p| image_part.forward(p)); // [B, T, d]
+    generate_from_image_tokens(llm, prompts, image, sp, span_len, max_new, on_event)
+}
+
+/// [`generate_streaming`] on image tokens `[B, T, d]` already encoded (the serving graph's image encoder runs as
+/// its own node).
+pub fn generate_from_image_tokens(
+    llm: &LlmPart,
+    prompts: &[Vec<u32>],
+    image: Option<Tensor<3>>,
+    sp: &SpecialTokens,
+    span_len: usize,
+    max_new: usize,
+    on_event: &mut dyn FnMut(DecodeEvent<'_>) -> bool,
+) -> Result<Vec<Generated>, ModelError> {
+    let b = prompts.len();
     let (ids, pad) = left_pad(prompts, sp.pad);
     let x = llm.embed(&ids, image)?; // [B, S, d]
     let lm = &llm.language_model;

@@ -294,6 +294,18 @@ impl SegPart {
         Ok(out.masks.reshape([b, h, w])) // [B', 4e, 4e]
     }
 
+    /// `[SEG]` hidden states `[B', d]` + FPN maps -> mask probabilities `[B', S, S]` at the SAM2 input size
+    /// (logits upsampled bilinearly, then the sigmoid; > 0.5 is the binary mask).
+    pub fn mask_probs(
+        &self,
+        seg_hidden: Tensor<2>,
+        levels: [Tensor<4>; 3],
+        size: usize,
+    ) -> Result<Tensor<3>, ModelError> {
+        let logits = self.forward(seg_hidden, levels)?; // [B', h, w]
+        Ok(burn::tensor::activation::sigmoid(self.upsample(logits, [size, size]))) // [B', S, S]
+    }
+
     /// Mask logits `[B', h, w]` bilinearly upsampled to `size` -> `[B', H, W]`.
     pub fn upsample(&self, logits: Tensor<3>, size: [usize; 2]) -> Tensor<3> {
         let [b, h, w] = logits.dims();

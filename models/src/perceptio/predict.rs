@@ -7,7 +7,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
-use burn::tensor::activation::sigmoid;
 
 use super::checkpoint::{CheckpointError, TOKENIZER_FILE, load_model};
 use super::decode::{DecodeEvent, generate_streaming};
@@ -57,7 +56,8 @@ impl Query {
         Ok(Self { rgb, height, width, question: question.into() })
     }
 
-    fn check(&self) -> Result<(), PredictError> {
+    /// Checks the image shape.
+    pub fn check(&self) -> Result<(), PredictError> {
         if self.height == 0 || self.width == 0 {
             return Err(PredictError::Image(format!("empty image ({}x{})", self.width, self.height)));
         }
@@ -147,34 +147,24 @@ pub enum PredictEvent {
     Seg { row: usize },
 }
 
-/// A trained model ready to answer, with its tokenizer and token layout.
-pub struct Predictor {
-    pub cfg: PerceptioConfig,
-    pub model: Perceptio,
+/// The text side of a model directory, without weights: tokenizer, special-token layout and sequence limits.
+/// What the serving graph's request checks and token router need.
+pub struct TextSide {
     pub tokenizer: TextTokenizer,
     pub specials: SpecialTokens,
     pub sequence: SequenceConfig,
-    device: Device,
 }
 
-impl Predictor {
-    /// Loads a model directory (as `perceptio init-model` or training writes it) onto `device` (a plain device:
-    /// inference needs no autodiff).
-    pub fn load(dir: &Path, device: &Device) -> Result<Self, PredictError> {
-        let device = device.clone().without_autodiff();
-        let (cfg, model) = load_model(dir, &device)?;
+impl TextSide {
+    /// Reads the tokenizer of model directory `dir` whose config is `cfg`.
+    pub fn load(dir: &Path, cfg: &PerceptioConfig) -> Result<Self, PredictError> {
         let path = dir.join(TOKENIZER_FILE);
         let tokenizer = TextTokenizer::from_file(&path)
             .map_err(|e| PredictError::Tokenizer { path: path.display().to_string(), message: e.to_string() })?;
         let specials = special_tokens(&tokenizer, cfg.num_codes())?;
         let span = cfg.vqvae.grid_size() * cfg.vqvae.grid_size();
         let sequence = SequenceConfig::new(cfg.image_tokens()).with_span_len(span);
-        Ok(Self { cfg, model, tokenizer, specials, sequence, device })
-    }
-
-    /// N, the codes in a depth span.
-    pub fn span_len(&self) -> usize {
-        self.sequence.span_len
+        Ok(Self { tokenizer, specials, sequence })
     }
 
     /// The tokenised prompt of `question`; errors on a prompt longer than the model's limit.
@@ -188,6 +178,46 @@ impl Predictor {
             }));
         }
         Ok(ids)
+    }
+
+    /// The text of one generated id: its decoded piece, empty for the perception tokens (`[SEG]`, the span
+    /// markers, codes).
+    pub fn piece(&self, id: u32) -> String {
+        let sp = &self.specials;
+        if sp.is_code(id) || id == sp.seg || id == sp.d_start || id == sp.d_end {
+            String::new()
+        } else {
+            self.tokenizer.decode(&[id], true).unwrap_or_default()
+        }
+    }
+}
+
+/// A trained model ready to answer, with its tokenizer and token layout.
+pub struct Predictor {
+    pub cfg: PerceptioConfig,
+    pub model: Perceptio,
+    pub text: TextSide,
+    device: Device,
+}
+
+impl Predictor {
+    /// Loads a model directory (as `perceptio init-model` or training writes it) onto `device` (a plain device:
+    /// inference needs no autodiff).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, PredictError> {
+        let device = device.clone().without_autodiff();
+        let (cfg, model) = load_model(dir, &device)?;
+        let text = TextSide::load(dir, &cfg)?;
+        Ok(Self { cfg, model, text, device })
+    }
+
+    /// N, the codes in a depth span.
+    pub fn span_len(&self) -> usize {
+        self.text.sequence.span_len
+    }
+
+    /// The tokenised prompt of `question`; errors on a prompt longer than the model's limit.
+    pub fn prompt(&self, question: &str) -> Result<Vec<u32>, PredictError> {
+        self.text.prompt(question)
     }
 
     /// Checks a query without running the model: the image shape and the prompt.
@@ -224,8 +254,8 @@ impl Predictor {
         let p = self.cfg.vlm.vision.image_size;
         let pixels: Vec<f32> = queries.iter().flat_map(|q| encoder_input(&q.rgb, q.height, q.width, p)).collect();
         let pixels = Tensor::<4>::from_data(TensorData::new(pixels, [b, 3, p, p]), &self.device); // [B, 3, p, p]
-        let sp = self.specials;
-        let tok = &self.tokenizer;
+        let sp = self.text.specials;
+        let tok = &self.text.tokenizer;
         let generated = generate_streaming(
             &self.model.image,
             &self.model.llm,
@@ -235,14 +265,7 @@ impl Predictor {
             self.span_len(),
             opts.max_new_tokens,
             &mut |event| match event {
-                DecodeEvent::Token { row, id } => {
-                    let text = if sp.is_code(id) || id == sp.seg || id == sp.d_start || id == sp.d_end {
-                        String::new()
-                    } else {
-                        tok.decode(&[id], true).unwrap_or_default()
-                    };
-                    on_event(PredictEvent::Token { row, id, text })
-                }
+                DecodeEvent::Token { row, id } => on_event(PredictEvent::Token { row, id, text: self.text.piece(id) }),
                 DecodeEvent::SegHidden { row, .. } => on_event(PredictEvent::Seg { row }),
             },
         )?;
@@ -265,8 +288,7 @@ impl Predictor {
                 .collect();
             let hidden = Tensor::cat(hidden, 0); // [B', d]
             let levels = self.model.seg.encode(sam)?;
-            let logits = self.model.seg.forward(hidden, levels)?; // [B', h, w]
-            let probs = sigmoid(self.model.seg.upsample(logits, [s, s])); // [B', S, S]
+            let probs = self.model.seg.mask_probs(hidden, levels, s)?; // [B', S, S]
             let probs = to_vec(probs)?;
             for (k, &i) in seg_rows.iter().enumerate() {
                 masks[i] = Some(MaskMap { size: s, probs: probs[k * s * s..(k + 1) * s * s].to_vec() });

@@ -1,22 +1,38 @@
-//! Serving Perceptio through the graph (dataflows/serve.yaml). Requests enter through `serve-requests`, a source
-//! fed by a live channel; `perceptio-answer` batches them and answers each batch; `serve-events` delivers what
-//! the answer node reports to each request's own stream.
+//! Serving Perceptio through the graph (dataflows/serve.yaml): the model runs as one node per part, and every
+//! output reaches its request's stream as soon as it exists.
 //!
+//! ```text
+//! serve-requests -> serve-prepare -+-> serve-image-encoder -> serve-llm -> serve-router -+-> serve-events
+//!                                  |                                       seg |  codes |      ^  ^  ^
+//!                                  +-> serve-sam2-encoder -> serve-mask-decoder <+       |      |  |  |
+//!                                                                 |                      v      |  |  |
+//!                                                                 |            serve-depth-decoder |  |
+//!                                                                 +------------------------------+--+
+//! ```
+//!
+//! - `serve-requests` reads the live request channel and sends a `Flush` per batch window; `serve-prepare` checks
+//!   each request (bad ones become error records) and makes the encoders' inputs.
+//! - The SAM2 encoder runs beside the image encoder and the LLM, so a request's features wait at the mask decoder
+//!   before its `[SEG]` is decoded. `serve-llm` batches requests (up to `max_batch`, or at a `Flush`) and streams
+//!   tokens, `[SEG]` states and request ends; `serve-router` sends tokens to the events, `[SEG]` states to the mask
+//!   decoder and each depth span to the depth decoder the moment `<d_end>` closes it.
+//! - `serve-events` delivers to each request's stream in order: tokens as decoded, the mask right after `[SEG]`,
+//!   the depth map right after `<d_end>`, then `Done`.
 //! - The live channel is a [`ServeHub`], implemented by the embedding runtime (`perceptio::serve::ServeRuntime`).
 //!   It reaches nodes built from a file through a per-runtime registry: [`register`] with `Some(hub)` replaces the
 //!   detached kinds of the global registry. Detached, `serve-requests` and `serve-events` refuse to build (there is
 //!   nothing to read from or deliver to), but `perceptio validate` accepts the file.
-//! - One node runs the whole [`Predictor`](perceptio_models::perceptio::predict::Predictor) (image encoder, LLM
-//!   with constrained decoding, `[SEG]` head and SAM2 decoder, VQ-VAE decoder) for a batch; it is not split into
-//!   encoder / LLM / router / decoder nodes. Tokens stream as they are decoded (one frame per decode step), but
-//!   the Predictor decodes the mask and the depth map after the batch's generation ends, so `Mask` and `Depth`
-//!   events follow the batch's last token rather than the `[SEG]` / `<d_end>` token.
-//! - Frames are plain Arrow: requests as [`request_schema`] rows, events as [`event_schema`] rows (one row per
-//!   event, in order), so the edges keep their row budgets and the graph's metrics count requests and events.
+//! - Frames are Arrow rows (requests, prepared requests, generation rows, events as [`event_schema`] rows, one per
+//!   event) with tensors attached where a model part hands on activations (pixels, image tokens, SAM2 maps,
+//!   `[SEG]` states), so the edges keep their row and byte budgets and the graph's metrics count requests.
 
-pub mod answer;
+pub mod encoders;
 pub mod events;
+pub mod heads;
+pub mod llm;
+pub mod prepare;
 pub mod requests;
+pub mod router;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,7 +40,7 @@ use std::time::{Duration, Instant};
 use super::common::column;
 use arrow::array::{
     Array, ArrayRef, BinaryArray, BooleanArray, Float32Builder, ListArray, ListBuilder, RecordBatch, StringArray,
-    UInt32Array, UInt32Builder, UInt64Array,
+    UInt8Array, UInt32Array, UInt32Builder, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use perceptio_runtime::{Frame, NodeError, Registry};
@@ -86,6 +102,8 @@ pub struct ServeAnswer {
     pub seg: bool,
     /// The code indices of the depth span (None without one).
     pub depth_codes: Option<Vec<u32>>,
+    /// How many requests the LLM decoded together in this one's batch (itself included).
+    pub batch_size: usize,
 }
 
 /// Where a request's time went.
@@ -119,12 +137,31 @@ pub trait ServeHub: Send + Sync {
     fn deliver(&self, request: u64, event: ServeEvent);
 }
 
-/// Registers `serve-requests`, `perceptio-answer` and `serve-events` bound to `hub` (None: the detached kinds of
-/// the global registry, for validation).
+/// Registers the serving kinds, bound to `hub` (None: the detached kinds of the global registry, for
+/// validation).
 pub fn register(registry: &mut Registry, hub: Option<Arc<dyn ServeHub>>) {
     registry.register(requests::ServeRequestsKind { hub: hub.clone() });
-    registry.register(answer::PerceptioAnswerKind { hub: hub.clone() });
+    registry.register(prepare::ServePrepareKind);
+    registry.register(encoders::ServeImageEncoderKind);
+    registry.register(encoders::ServeSam2EncoderKind);
+    registry.register(llm::ServeLlmKind { hub: hub.clone() });
+    registry.register(router::ServeRouterKind);
+    registry.register(heads::ServeMaskDecoderKind);
+    registry.register(heads::ServeDepthDecoderKind);
     registry.register(events::ServeEventsKind { hub });
+}
+
+/// Params of a serving node that loads (part of) a model directory.
+#[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServeModelParams {
+    /// The model directory (as `perceptio init-model` or training writes it).
+    pub model: std::path::PathBuf,
+}
+
+/// The ports of event frames (producer and consumer alike).
+pub fn event_port_schema() -> perceptio_runtime::schemas::PortSchema {
+    perceptio_runtime::schemas::PortSchema::from_arrow(&event_schema())
 }
 
 /// Nanoseconds on a monotonic clock shared by the runtime and the nodes (zero at its first use in the process).
@@ -256,8 +293,26 @@ pub fn event_schema() -> Schema {
         Field::new("mask_ns", DataType::UInt64, true),
         Field::new("depth_ns", DataType::UInt64, true),
         Field::new("total_ns", DataType::UInt64, true),
+        Field::new("batch_size", DataType::UInt32, true),
+        Field::new("follows", DataType::UInt8, true),
     ])
 }
+
+/// What the graph's own nodes say about an event row beyond the [`ServeEvent`] (see [`event_frame_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventExtra {
+    /// On a `done` row: which events are still to come from the heads ([`FOLLOWS_MASK`], [`FOLLOWS_DEPTH`]).
+    pub follows: u8,
+    /// On a `mask` or `depth` row: the generated token it belongs to (`[SEG]`, `<d_end>`).
+    pub token: Option<u32>,
+    /// On a `mask` or `depth` row: how long the head took.
+    pub decode_ns: Option<u64>,
+}
+
+/// `follows` bit: a `Mask` event for this request is on its way.
+pub const FOLLOWS_MASK: u8 = 1;
+/// `follows` bit: a `Depth` event for this request is on its way.
+pub const FOLLOWS_DEPTH: u8 = 2;
 
 fn ns(d: Duration) -> Option<u64> {
     Some(d.as_nanos().min(u64::MAX as u128) as u64)
@@ -265,7 +320,15 @@ fn ns(d: Duration) -> Option<u64> {
 
 /// Events of requests as one frame ([`event_schema`]), in order.
 pub fn event_frame(events: &[(u64, ServeEvent)]) -> Result<Frame, NodeError> {
+    event_frame_with(events, &vec![EventExtra::default(); events.len()])
+}
+
+/// [`event_frame`] with each row's [`EventExtra`] (`extras[i]` belongs to `events[i]`).
+pub fn event_frame_with(events: &[(u64, ServeEvent)], extras: &[EventExtra]) -> Result<Frame, NodeError> {
     let n = events.len();
+    if extras.len() != n {
+        return Err(NodeError::msg(format!("{} event extras for {n} events", extras.len())));
+    }
     let mut kind = Vec::with_capacity(n);
     let mut token = Vec::with_capacity(n);
     let mut text: Vec<Option<&str>> = Vec::with_capacity(n);
@@ -275,9 +338,12 @@ pub fn event_frame(events: &[(u64, ServeEvent)]) -> Result<Frame, NodeError> {
     let mut codes = ListBuilder::new(UInt32Builder::new());
     let mut seg = Vec::with_capacity(n);
     let mut times: [Vec<Option<u64>>; 5] = Default::default();
-    for (_, e) in events {
+    let mut follows = Vec::with_capacity(n);
+    let mut batch_size = Vec::with_capacity(n);
+    for ((_, e), extra) in events.iter().zip(extras) {
         let (mut tok, mut txt, mut sz, mut vals, mut all, mut cds, mut sg, mut tm) =
-            (None, None, None, None, None, None, None, None);
+            (extra.token, None, None, None, None, None, None, None);
+        let decode = extra.decode_ns.map(Duration::from_nanos).unwrap_or_default();
         let name = match e {
             ServeEvent::Token { text, id } => {
                 (tok, txt) = (Some(*id), Some(text.as_str()));
@@ -285,10 +351,16 @@ pub fn event_frame(events: &[(u64, ServeEvent)]) -> Result<Frame, NodeError> {
             }
             ServeEvent::Mask { probs, size } => {
                 (sz, vals) = (Some(*size as u32), Some(probs.as_slice()));
+                if extra.decode_ns.is_some() {
+                    tm = Some([Duration::ZERO, Duration::ZERO, decode, Duration::ZERO, Duration::ZERO]);
+                }
                 "mask"
             }
             ServeEvent::Depth { values, size } => {
                 (sz, vals) = (Some(*size as u32), Some(values.as_slice()));
+                if extra.decode_ns.is_some() {
+                    tm = Some([Duration::ZERO, Duration::ZERO, Duration::ZERO, decode, Duration::ZERO]);
+                }
                 "depth"
             }
             ServeEvent::Done { answer, timings: t } => {
@@ -307,6 +379,11 @@ pub fn event_frame(events: &[(u64, ServeEvent)]) -> Result<Frame, NodeError> {
             }
         };
         kind.push(name);
+        follows.push((extra.follows != 0).then_some(extra.follows));
+        batch_size.push(match e {
+            ServeEvent::Done { answer, .. } => Some(answer.batch_size.min(u32::MAX as usize) as u32),
+            _ => None,
+        });
         token.push(tok);
         text.push(txt);
         size.push(sz);
@@ -347,6 +424,8 @@ pub fn event_frame(events: &[(u64, ServeEvent)]) -> Result<Frame, NodeError> {
         Arc::new(UInt64Array::from(mask)),
         Arc::new(UInt64Array::from(depth)),
         Arc::new(UInt64Array::from(total)),
+        Arc::new(UInt32Array::from(batch_size)),
+        Arc::new(UInt8Array::from(follows)),
     ];
     Ok(Frame::new(RecordBatch::try_new(Arc::new(event_schema()), columns)?))
 }
@@ -381,6 +460,7 @@ pub fn read_events(frame: &Frame) -> Result<Vec<(u64, ServeEvent)>, NodeError> {
     let ids = column::<ListArray>(b, "ids")?;
     let codes = column::<ListArray>(b, "depth_codes")?;
     let seg = column::<BooleanArray>(b, "seg")?;
+    let batch_size = column::<UInt32Array>(b, "batch_size")?;
     let times: Vec<&UInt64Array> = ["queue_ns", "generate_ns", "mask_ns", "depth_ns", "total_ns"]
         .iter()
         .map(|n| column::<UInt64Array>(b, n))
@@ -412,6 +492,7 @@ pub fn read_events(frame: &Frame) -> Result<Vec<(u64, ServeEvent)>, NodeError> {
                         ids: list_values::<UInt32Type>(ids, r, "ids")?.unwrap_or_default(),
                         seg: !seg.is_null(r) && seg.value(r),
                         depth_codes: list_values::<UInt32Type>(codes, r, "depth_codes")?,
+                        batch_size: if batch_size.is_null(r) { 0 } else { batch_size.value(r) as usize },
                     },
                     timings: ServeTimings { queue: t(0), generate: t(1), mask: t(2), depth: t(3), total: t(4) },
                 }
@@ -422,6 +503,32 @@ pub fn read_events(frame: &Frame) -> Result<Vec<(u64, ServeEvent)>, NodeError> {
         out.push((request, event));
     }
     Ok(out)
+}
+
+/// The [`EventExtra`] of each row of an event frame (in row order).
+pub fn read_event_extras(frame: &Frame) -> Result<Vec<EventExtra>, NodeError> {
+    let b = frame.batch();
+    let kind = column::<StringArray>(b, "event")?;
+    let token = column::<UInt32Array>(b, "token")?;
+    let follows = column::<UInt8Array>(b, "follows")?;
+    let mask = column::<UInt64Array>(b, "mask_ns")?;
+    let depth = column::<UInt64Array>(b, "depth_ns")?;
+    let opt32 = |a: &UInt32Array, r: usize| (!a.is_null(r)).then(|| a.value(r));
+    let opt64 = |a: &UInt64Array, r: usize| (!a.is_null(r)).then(|| a.value(r));
+    Ok((0..b.num_rows())
+        .map(|r| EventExtra {
+            follows: if follows.is_null(r) { 0 } else { follows.value(r) },
+            token: match kind.value(r) {
+                "mask" | "depth" => opt32(token, r),
+                _ => None,
+            },
+            decode_ns: match kind.value(r) {
+                "mask" => opt64(mask, r),
+                "depth" => opt64(depth, r),
+                _ => None,
+            },
+        })
+        .collect())
 }
 
 /// A mask as an 8-bit grayscale PNG (probability 1 = white).
@@ -460,6 +567,7 @@ mod tests {
                         ids: vec![17, 2],
                         seg: true,
                         depth_codes: Some(vec![1, 2]),
+                        batch_size: 3,
                     },
                     timings: ServeTimings {
                         queue: Duration::from_nanos(5),
