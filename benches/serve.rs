@@ -7,6 +7,7 @@
 //!
 //! A random tiny model (the test preset) is written to a temporary folder; answers run to `PERCEPTIO_BENCH_TOKENS`
 //! new tokens (default 32), `PERCEPTIO_BENCH_ROUNDS` rounds per batch size (default 3) after one warm-up round.
+//! `PERCEPTIO_BENCH_EAGER=1` serves with `eager: true` on the SAM2 encoder (every image encoded beside the LLM).
 //! Ratios are served / direct: below 1 for requests per second and above 1 for time to first token is the cost of
 //! the runtime. Not run in CI.
 
@@ -132,11 +133,16 @@ async fn served(rt: &ServeRuntime, images: &[Vec<u8>], tokens: usize, rounds: us
 fn main() -> anyhow::Result<()> {
     let tokens = env_or("PERCEPTIO_BENCH_TOKENS", 32);
     let rounds = env_or("PERCEPTIO_BENCH_ROUNDS", 3).max(1);
+    let eager = env_or("PERCEPTIO_BENCH_EAGER", 0) != 0;
     let dir = tempfile::tempdir()?;
     let model = tiny_model(dir.path())?;
     let predictor = Predictor::load(&model, &Device::flex())?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    println!("serve bench: tiny random model, {tokens} new tokens per answer, {rounds} rounds after a warm-up");
+    let mode = if eager { "eager" } else { "on [SEG]" };
+    println!(
+        "serve bench: tiny random model, {tokens} new tokens per answer, {rounds} rounds after a warm-up, SAM2 \
+         encoding {mode}"
+    );
     println!(
         "{:>5} | {:>12} {:>12} {:>7} | {:>12} {:>12} {:>7}",
         "batch", "direct req/s", "served req/s", "ratio", "direct ttft", "served ttft", "ratio"
@@ -158,7 +164,14 @@ fn main() -> anyhow::Result<()> {
             device: "cpu".into(),
         };
         let s = rt.block_on(async {
-            let serve = ServeRuntime::new(&model, config).await?;
+            let serve = if eager {
+                let yaml = perceptio::serve::SERVE_YAML
+                    .replace("eager: false", "eager: true")
+                    .replace("${PERCEPTIO_MODEL:-runs/demo/model-init}", &model.display().to_string());
+                ServeRuntime::from_dataflow(&yaml, config).await?
+            } else {
+                ServeRuntime::new(&model, config).await?
+            };
             let m = served(&serve, &images, tokens, rounds).await?;
             serve.shutdown().await?;
             anyhow::Ok(m)

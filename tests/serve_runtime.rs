@@ -146,6 +146,22 @@ async fn a_depth_span_holds_exactly_span_len_codes_and_streams_mask_depth_and_do
     assert!(timings.total >= timings.generate && timings.generate > Duration::ZERO);
     assert!(timings.mask > Duration::ZERO && timings.depth > Duration::ZERO, "the heads' decode times: {timings:?}");
 
+    // eager SAM2 encoding (every image encoded beside the LLM) gives the same stream and the same mask
+    let eager_yaml = perceptio::serve::SERVE_YAML
+        .replace("eager: false", "eager: true")
+        .replace("${PERCEPTIO_MODEL:-runs/demo/model-init}", &forced.display().to_string());
+    assert_ne!(eager_yaml, perceptio::serve::SERVE_YAML);
+    let eager = ServeRuntime::from_dataflow(&eager_yaml, config(4, 1, 0, WhenFull::Wait)).await.unwrap();
+    let again = events(eager.submit(ImageInput::Png(image.clone()), question, opts).await.unwrap()).await;
+    eager.shutdown().await.unwrap();
+    assert_eq!(done(&again).0.ids, answer.ids);
+    let mask_of = |events: &[Event]| {
+        events.iter().find_map(|e| if let Event::Mask { probs, .. } = e { Some(probs.clone()) } else { None })
+    };
+    let (lazy_mask, eager_mask) = (mask_of(&all).unwrap(), mask_of(&again).expect("a mask event"));
+    let diff = lazy_mask.iter().zip(&eager_mask).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-5, "lazy and eager SAM2 encoding give the same mask (max difference {diff})");
+
     // cut short inside the span: no depth map, the codes so far
     let short = SubmitOptions { max_new_tokens: 20 };
     let all = events(rt.submit(ImageInput::Png(image), question, short).await.unwrap()).await;

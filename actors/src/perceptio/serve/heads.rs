@@ -1,13 +1,11 @@
-//! `serve-mask-decoder` and `serve-depth-decoder`: the serving graph's two heads. The mask decoder joins each
-//! request's `[SEG]` state (from the router) with its SAM2 features (from the SAM2 encoder, which ran while the
-//! LLM decoded) and emits the `Mask` event at once; the depth decoder turns a closed span's codes into the `Depth`
-//! event. Both tag their events with the token they answer (`[SEG]`, `<d_end>`) and how long they took; a model
+//! `serve-mask-decoder` and `serve-depth-decoder`: the serving graph's two heads. The mask decoder turns a
+//! request's `[SEG]` state and SAM2 maps (joined by the SAM2 encoder) into its `Mask` event; the depth decoder turns
+//! a closed span's codes into the `Depth` event. Both tag their events with the token they answer (`[SEG]`, `<d_end>`) and how long they took; a model
 //! failure becomes that request's `Error` event.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
-use arrow::array::{Array, BooleanArray, ListArray, StringArray, UInt32Array};
+use arrow::array::{ListArray, UInt32Array};
 use burn::prelude::*;
 use perceptio_models::depth::VqVae;
 use perceptio_models::perceptio::SegPart;
@@ -20,22 +18,12 @@ use perceptio_runtime::{
     parse_params,
 };
 
-use super::encoders::{load_serving_part, serve_features_schema};
+use super::encoders::load_serving_part;
 use super::event_port_schema;
-use super::router::{codes_schema, seg_request_schema};
-use super::{EventExtra, ServeEvent, ServeModelParams, event_frame_with};
+use super::router::codes_schema;
+use super::sam2::seg_features_port_schema;
+use super::{EventExtra, ServeEvent, ServeModelParams, event_frame_with, request_keys};
 use crate::perceptio::common::column;
-
-fn keys(frame: &Frame) -> Result<Vec<u64>, NodeError> {
-    let id = column::<StringArray>(frame.batch(), "id")?;
-    (0..id.len())
-        .map(|r| {
-            id.value(r)
-                .parse()
-                .map_err(|_| NodeError::msg(format!("row {r}: id `{}` is not a request number", id.value(r))))
-        })
-        .collect()
-}
 
 /// The id of a special token of the model directory's tokenizer (`[SEG]` or `<d_end>`).
 fn special_id(
@@ -61,7 +49,7 @@ impl NodeKind for ServeMaskDecoderKind {
     }
 
     fn about(&self) -> &'static str {
-        "serving: [SEG] state + the request's SAM2 features -> its mask event, as soon as both are there"
+        "serving: a request's [SEG] state + SAM2 maps -> its mask event"
     }
 
     fn params_schema(&self) -> schemars::schema::RootSchema {
@@ -71,10 +59,7 @@ impl NodeKind for ServeMaskDecoderKind {
     fn ports(&self, ctx: &PortContext<'_>) -> Result<NodePorts, ParamError> {
         let _: ServeModelParams = parse_params(ctx.params)?;
         Ok(NodePorts {
-            inputs: vec![
-                PortDecl::required("seg", PortSchema::from_arrow(&seg_request_schema())),
-                PortDecl::required("features", serve_features_schema()),
-            ],
+            inputs: vec![PortDecl::required("in", seg_features_port_schema())],
             outputs: vec![PortDecl::required("out", event_port_schema())],
         })
     }
@@ -90,43 +75,25 @@ impl NodeKind for ServeMaskDecoderKind {
             seg,
             size: cfg.sam2.image_size(),
             seg_token: special_id(&p, |sp| sp.seg)?,
-            features: HashMap::new(),
-            states: HashMap::new(),
         })))
     }
 }
-
-/// One request's SAM2 maps `[1, C, H, W]` (finest first).
-type Levels = [Tensor<4>; 3];
 
 struct MaskNode {
     seg: SegPart,
     size: usize,
     seg_token: u32,
-    /// Features waiting for their request's `[SEG]` state (or its release).
-    features: HashMap<u64, Levels>,
-    /// `[SEG]` states `[1, d]` (None: released) that arrived before their features.
-    states: HashMap<u64, Option<Tensor<2>>>,
 }
 
-impl MaskNode {
-    /// Decodes the masks of the requests whose state and features are both here.
-    fn decode(&self, ready: Vec<(u64, Tensor<2>, Levels)>, out: &mut Outputs) -> Result<(), NodeError> {
-        if ready.is_empty() {
+impl Node for MaskNode {
+    fn process(&mut self, _port: &str, frame: Frame, out: &mut Outputs) -> Result<(), NodeError> {
+        let keys = request_keys(&frame)?;
+        if keys.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
-        let keys: Vec<u64> = ready.iter().map(|(k, _, _)| *k).collect();
-        let mut hidden = Vec::with_capacity(ready.len());
-        let mut levels: [Vec<Tensor<4>>; 3] = Default::default();
-        for (_, h, l) in ready {
-            hidden.push(h);
-            for (all, one) in levels.iter_mut().zip(l) {
-                all.push(one);
-            }
-        }
-        let hidden = Tensor::cat(hidden, 0); // [n, d]
-        let levels = levels.map(|l| Tensor::cat(l, 0)); // [n, C, H, W] each
+        let hidden: Tensor<2> = frame.tensor("hidden")?; // [n, d]
+        let levels: [Tensor<4>; 3] = [frame.tensor("fpn0")?, frame.tensor("fpn1")?, frame.tensor("fpn2")?]; // [n, C, H, W]
         let s = self.size;
         let probs = self
             .seg
@@ -147,53 +114,6 @@ impl MaskNode {
             .map(|_| EventExtra { token: Some(self.seg_token), decode_ns: Some(took), ..EventExtra::default() })
             .collect();
         out.emit("out", event_frame_with(&events, &extras)?)
-    }
-}
-
-impl Node for MaskNode {
-    fn process(&mut self, port: &str, frame: Frame, out: &mut Outputs) -> Result<(), NodeError> {
-        let keys = keys(&frame)?;
-        let mut ready = Vec::new();
-        if port == "features" {
-            let maps: [Tensor<4>; 3] = [frame.tensor("fpn0")?, frame.tensor("fpn1")?, frame.tensor("fpn2")?]; // [B, C, H, W] each
-            for (i, key) in keys.into_iter().enumerate() {
-                let one: Levels = maps.clone().map(|m| m.narrow(0, i, 1)); // [1, C, H, W] each
-                match self.states.remove(&key) {
-                    Some(Some(h)) => ready.push((key, h, one)),
-                    Some(None) => {} // released before its features came: nothing to decode
-                    None => {
-                        self.features.insert(key, one);
-                    }
-                }
-            }
-        } else {
-            let seg = column::<BooleanArray>(frame.batch(), "seg")?;
-            let hidden: Option<Tensor<2>> = if seg.true_count() > 0 { Some(frame.tensor("hidden")?) } else { None };
-            for (i, key) in keys.into_iter().enumerate() {
-                let state = if seg.value(i) {
-                    let h = hidden.as_ref().ok_or_else(|| NodeError::msg("seg rows without `hidden`"))?;
-                    Some(h.clone().narrow(0, i, 1)) // [1, d]
-                } else {
-                    None
-                };
-                match (self.features.remove(&key), state) {
-                    (Some(levels), Some(h)) => ready.push((key, h, levels)),
-                    (Some(_), None) => {} // ended without [SEG]: drop its features
-                    (None, state) => {
-                        self.states.insert(key, state);
-                    }
-                }
-            }
-        }
-        self.decode(ready, out)
-    }
-
-    fn finish(&mut self, _out: &mut Outputs) -> Result<(), NodeError> {
-        let waiting = self.states.values().filter(|s| s.is_some()).count();
-        if waiting > 0 {
-            tracing::warn!("{waiting} [SEG] states never met their SAM2 features (their requests failed upstream)");
-        }
-        Ok(())
     }
 }
 
@@ -239,7 +159,7 @@ struct DepthNode {
 
 impl Node for DepthNode {
     fn process(&mut self, _port: &str, frame: Frame, out: &mut Outputs) -> Result<(), NodeError> {
-        let keys = keys(&frame)?;
+        let keys = request_keys(&frame)?;
         if keys.is_empty() {
             return Ok(());
         }

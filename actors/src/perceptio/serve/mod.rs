@@ -33,6 +33,7 @@ pub mod llm;
 pub mod prepare;
 pub mod requests;
 pub mod router;
+pub mod sam2;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -143,7 +144,7 @@ pub fn register(registry: &mut Registry, hub: Option<Arc<dyn ServeHub>>) {
     registry.register(requests::ServeRequestsKind { hub: hub.clone() });
     registry.register(prepare::ServePrepareKind);
     registry.register(encoders::ServeImageEncoderKind);
-    registry.register(encoders::ServeSam2EncoderKind);
+    registry.register(sam2::ServeSam2EncoderKind);
     registry.register(llm::ServeLlmKind { hub: hub.clone() });
     registry.register(router::ServeRouterKind);
     registry.register(heads::ServeMaskDecoderKind);
@@ -157,6 +158,18 @@ pub fn register(registry: &mut Registry, hub: Option<Arc<dyn ServeHub>>) {
 pub struct ServeModelParams {
     /// The model directory (as `perceptio init-model` or training writes it).
     pub model: std::path::PathBuf,
+}
+
+/// The request numbers of a frame's `id` column; an id that is not one fails the frame, naming its row.
+pub fn request_keys(frame: &Frame) -> Result<Vec<u64>, NodeError> {
+    let id = column::<StringArray>(frame.batch(), "id")?;
+    (0..id.len())
+        .map(|r| {
+            id.value(r)
+                .parse()
+                .map_err(|_| NodeError::msg(format!("row {r}: id `{}` is not a request number", id.value(r))))
+        })
+        .collect()
 }
 
 /// The ports of event frames (producer and consumer alike).
