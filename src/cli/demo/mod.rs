@@ -40,17 +40,17 @@ pub struct DemoArgs {
     /// Scenes to render (default 600, or 120 with --quick).
     #[arg(long)]
     pub scenes: Option<usize>,
-    /// Depth-tokenizer training steps (default 400, or 100 with --quick).
+    /// Depth-tokenizer training steps (default 400, or 60 with --quick).
     #[arg(long)]
     pub vqvae_steps: Option<usize>,
-    /// Segmenter (SAM2) pretraining steps on the world's masks before Perceptio training (default 300, or 40
+    /// Segmenter (SAM2) pretraining steps on the world's masks before Perceptio training (default 300, or 20
     /// with --quick; 0 skips the stage).
     #[arg(long)]
     pub sam2_steps: Option<usize>,
-    /// Perceptio optimiser steps per model (default 300, or 60 with --quick).
+    /// Perceptio optimiser steps per model (default 300, or 40 with --quick).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Test rows evaluated per model (default: all, or 64 with --quick).
+    /// Test rows evaluated per model (default: all, or 48 with --quick).
     #[arg(long)]
     pub eval_rows: Option<usize>,
     /// World and initialisation seed.
@@ -73,10 +73,10 @@ impl DemoArgs {
         let q = self.quick;
         Plan {
             scenes: self.scenes.unwrap_or(if q { 120 } else { 600 }),
-            vqvae_steps: self.vqvae_steps.unwrap_or(if q { 100 } else { 400 }),
-            sam2_steps: self.sam2_steps.unwrap_or(if q { 40 } else { 300 }),
-            steps: self.steps.unwrap_or(if q { 60 } else { 300 }),
-            eval_rows: self.eval_rows.or(if q { Some(64) } else { None }),
+            vqvae_steps: self.vqvae_steps.unwrap_or(if q { 60 } else { 400 }),
+            sam2_steps: self.sam2_steps.unwrap_or(if q { 20 } else { 300 }),
+            steps: self.steps.unwrap_or(if q { 40 } else { 300 }),
+            eval_rows: self.eval_rows.or(if q { Some(48) } else { None }),
         }
     }
 }
