@@ -96,8 +96,10 @@ pub fn graph(args: &GraphArgs) -> anyhow::Result<()> {
 }
 
 pub fn kinds() -> anyhow::Result<()> {
-    for kind in perceptio::registry().kinds() {
-        println!("{:<16} {}", kind.name(), kind.about());
+    let registry = perceptio::registry();
+    let width = registry.kinds().map(|k| k.name().len()).max().unwrap_or(0);
+    for kind in registry.kinds() {
+        println!("{:<width$}  {}", kind.name(), kind.about());
     }
     Ok(())
 }
