@@ -8,10 +8,9 @@ use std::time::Instant;
 use arrow::array::{ListArray, UInt32Array};
 use burn::prelude::*;
 use perceptio_models::depth::VqVae;
-use perceptio_models::perceptio::SegPart;
 use perceptio_models::perceptio::checkpoint::{Part, read_config};
-use perceptio_models::perceptio::tokens::special_tokens;
-use perceptio_models::tokenizer::TextTokenizer;
+use perceptio_models::perceptio::predict::TextSide;
+use perceptio_models::perceptio::{SegPart, SpecialTokens};
 use perceptio_runtime::schemas::PortSchema;
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
@@ -25,20 +24,35 @@ use super::sam2::seg_features_port_schema;
 use super::{EventExtra, ServeEvent, ServeModelParams, event_frame_with, request_keys};
 use crate::perceptio::common::column;
 
-/// The id of a special token of the model directory's tokenizer (`[SEG]` or `<d_end>`).
-fn special_id(
-    p: &ServeModelParams,
-    pick: impl Fn(&perceptio_models::perceptio::SpecialTokens) -> u32,
-) -> Result<u32, ParamError> {
+/// The special tokens of a model directory's tokenizer.
+fn specials(p: &ServeModelParams) -> Result<SpecialTokens, ParamError> {
     let at = |e: &dyn std::fmt::Display| ParamError::new("model", format!("{}: {e}", p.model.display()));
     let cfg = read_config(&p.model).map_err(|e| at(&e))?;
-    let path = p.model.join(perceptio_models::perceptio::checkpoint::TOKENIZER_FILE);
-    let tok = TextTokenizer::from_file(&path).map_err(|e| at(&e))?;
-    Ok(pick(&special_tokens(&tok, cfg.num_codes()).map_err(|e| at(&e))?))
+    Ok(TextSide::load(&p.model, &cfg).map_err(|e| at(&e))?.specials)
 }
 
-fn error_events(keys: &[u64], what: &str, e: impl std::fmt::Display) -> Vec<(u64, ServeEvent)> {
-    keys.iter().map(|&k| (k, ServeEvent::Error { message: format!("{what}: {e}") })).collect()
+/// Emits a head's events for `keys`: one `size x size` map per request (row-major, in `keys` order) made into
+/// an event by `event`, or each request's `Error` when the head failed; tagged with the token they answer and
+/// the time since `started`.
+fn emit_head_events(
+    out: &mut Outputs,
+    keys: &[u64],
+    maps: Result<(usize, Vec<f32>), String>,
+    (what, token): (&str, u32),
+    event: fn(Vec<f32>, usize) -> ServeEvent,
+    started: Instant,
+) -> Result<(), NodeError> {
+    let events: Vec<(u64, ServeEvent)> = match maps {
+        Ok((size, v)) => keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (k, event(v[i * size * size..(i + 1) * size * size].to_vec(), size)))
+            .collect(),
+        Err(e) => keys.iter().map(|&k| (k, ServeEvent::Error { message: format!("{what}: {e}") })).collect(),
+    };
+    let took = started.elapsed().as_nanos() as u64;
+    let extra = EventExtra { token: Some(token), decode_ns: Some(took), ..EventExtra::default() };
+    out.emit("out", event_frame_with(&events, &vec![extra; events.len()])?)
 }
 
 pub struct ServeMaskDecoderKind;
@@ -71,11 +85,7 @@ impl NodeKind for ServeMaskDecoderKind {
             cfg.init_seg(d).map_err(|e| ParamError::new("model", e.to_string()))
         };
         let (cfg, seg) = load_serving_part(&p, Part::Seg, init, &device)?;
-        Ok(NodeImpl::Node(Box::new(MaskNode {
-            seg,
-            size: cfg.sam2.image_size(),
-            seg_token: special_id(&p, |sp| sp.seg)?,
-        })))
+        Ok(NodeImpl::Node(Box::new(MaskNode { seg, size: cfg.sam2.image_size(), seg_token: specials(&p)?.seg })))
     }
 }
 
@@ -100,20 +110,8 @@ impl Node for MaskNode {
             .mask_probs(hidden, levels, s) // [n, S, S]
             .map_err(|e| e.to_string())
             .and_then(|p| p.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("{e:?}")));
-        let events = match probs {
-            Ok(v) => keys
-                .iter()
-                .enumerate()
-                .map(|(i, &k)| (k, ServeEvent::Mask { probs: v[i * s * s..(i + 1) * s * s].to_vec(), size: s }))
-                .collect(),
-            Err(e) => error_events(&keys, "mask decoder", e),
-        };
-        let took = started.elapsed().as_nanos() as u64;
-        let extras: Vec<EventExtra> = events
-            .iter()
-            .map(|_| EventExtra { token: Some(self.seg_token), decode_ns: Some(took), ..EventExtra::default() })
-            .collect();
-        out.emit("out", event_frame_with(&events, &extras)?)
+        let mask = |probs, size| ServeEvent::Mask { probs, size };
+        emit_head_events(out, &keys, probs.map(|v| (s, v)), ("mask decoder", self.seg_token), mask, started)
     }
 }
 
@@ -147,7 +145,7 @@ impl NodeKind for ServeDepthDecoderKind {
             cfg.init_vqvae(d).map_err(|e| ParamError::new("model", e.to_string()))
         };
         let (_, vqvae) = load_serving_part(&p, Part::VqVae, init, &device)?;
-        Ok(NodeImpl::Node(Box::new(DepthNode { vqvae, d_end: special_id(&p, |sp| sp.d_end)?, device })))
+        Ok(NodeImpl::Node(Box::new(DepthNode { vqvae, d_end: specials(&p)?.d_end, device })))
     }
 }
 
@@ -173,8 +171,9 @@ impl Node for DepthNode {
                 .as_any()
                 .downcast_ref::<UInt32Array>()
                 .ok_or_else(|| NodeError::msg("column `codes` does not hold u32 lists"))?;
-            if *n.get_or_insert(row.len()) != row.len() {
-                return Err(NodeError::msg(format!("row {r}: {} codes where row 0 has {n:?}", row.len())));
+            let first = *n.get_or_insert(row.len());
+            if first != row.len() {
+                return Err(NodeError::msg(format!("row {r}: {} codes where row 0 has {first}", row.len())));
             }
             codes.extend(row.values().iter().map(|&c| c as i64));
         }
@@ -188,19 +187,7 @@ impl Node for DepthNode {
                 let d = m.dims()[2];
                 m.into_data().convert::<f32>().try_into_vec::<f32>().map(|v| (d, v)).map_err(|e| format!("{e:?}"))
             });
-        let events = match maps {
-            Ok((d, v)) => keys
-                .iter()
-                .enumerate()
-                .map(|(i, &k)| (k, ServeEvent::Depth { values: v[i * d * d..(i + 1) * d * d].to_vec(), size: d }))
-                .collect(),
-            Err(e) => error_events(&keys, "depth decoder", e),
-        };
-        let took = started.elapsed().as_nanos() as u64;
-        let extras: Vec<EventExtra> = events
-            .iter()
-            .map(|_| EventExtra { token: Some(self.d_end), decode_ns: Some(took), ..EventExtra::default() })
-            .collect();
-        out.emit("out", event_frame_with(&events, &extras)?)
+        let depth = |values, size| ServeEvent::Depth { values, size };
+        emit_head_events(out, &keys, maps, ("depth decoder", self.d_end), depth, started)
     }
 }
