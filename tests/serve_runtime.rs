@@ -2,7 +2,7 @@
 //! not change answers, cancellation and the in-flight bound, and bad requests failing alone.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -169,6 +169,32 @@ async fn a_depth_span_holds_exactly_span_len_codes_and_streams_mask_depth_and_do
     assert_eq!(answer.ids.len(), 20);
     assert_eq!(answer.depth_codes.as_ref().map(Vec::len), Some(18));
     assert!(!all.iter().any(|e| matches!(e, Event::Depth { .. })));
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_joins_the_running_batch_between_decode_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let image = png(40, 30, 1);
+    let question = "where is the red cube ?";
+    let forced = dir.path().join("forced");
+    force_span_opening(&model, &Query::from_png(&image, question).unwrap(), &forced);
+    let rt = ServeRuntime::new(&forced, config(4, 4, 0, WhenFull::Wait)).await.unwrap();
+    // the long request has at least 103 tokens to go ([SEG], <d_start>, 100 forced codes, <d_end>)
+    let mut long = rt.submit(ImageInput::Png(image), question, SubmitOptions { max_new_tokens: 160 }).await.unwrap();
+    let first = long.next().await;
+    assert!(matches!(first, Some(Event::Token { .. })), "the long request is decoding: {first:?}");
+    let short =
+        rt.submit(ImageInput::Png(png(16, 16, 3)), "where ?", SubmitOptions { max_new_tokens: 3 }).await.unwrap();
+    let read = |h| tokio::spawn(async move { (events(h).await, Instant::now()) });
+    let (long, short) = (read(long), read(short));
+    let ((long, long_at), (short, short_at)) = (long.await.unwrap(), short.await.unwrap());
+    let (long, short) = (done(&long).0, done(&short).0);
+    assert!(long.ids.len() >= 103, "{} ids", long.ids.len());
+    assert_eq!((long.batch_size, short.batch_size), (1, 2), "the short request joined the running one");
+    assert_eq!(short.ids.len(), 3);
+    assert!(short_at < long_at, "the short request finished while the long one was still decoding");
     rt.shutdown().await.unwrap();
 }
 

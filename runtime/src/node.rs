@@ -69,6 +69,13 @@ pub trait Node: Send {
     fn finish(&mut self, _out: &mut Outputs) -> Result<(), NodeError> {
         Ok(())
     }
+
+    /// Work the node does between frames, one short unit at a time (a decoder's next step, so requests can join
+    /// between steps). The engine calls it after every frame or signal and, while it returns true, again whenever
+    /// no input is waiting; returning false lets the node sleep until the next input. Default: no such work.
+    fn step(&mut self, _out: &mut Outputs) -> Result<bool, NodeError> {
+        Ok(false)
+    }
 }
 
 /// A node with no inputs that produces frames.

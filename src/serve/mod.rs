@@ -20,8 +20,9 @@
 //! - In flight: at most `max_in_flight` requests are open (submitted and not yet done, failed or cancelled).
 //!   Beyond that `submit` waits for a slot ([`WhenFull::Wait`]) or fails with [`SubmitError::Busy`]
 //!   ([`WhenFull::Reject`]). Cancelling a request, or dropping its handle, frees its slot at once.
-//! - Batching: the LLM node decodes up to `max_batch` requests together, those that arrived within
-//!   `batch_window_ms` of each other (a batch starts as soon as it is full).
+//! - Batching: the LLM node decodes up to `max_batch` requests together, continuously: a request joins the running
+//!   batch at the next decode step and leaves it when it stops. When nothing runs, requests that arrive within
+//!   `batch_window_ms` of each other start together (or as soon as `max_batch` wait).
 //! - Events: `Token` as decoded; `Mask` right after the `[SEG]` token (the SAM2 encoder ran beside the LLM, so
 //!   only the mask decoder is left); `Depth` right after `<d_end>` closes the span; then `Done` with the answer and
 //!   timings (`mask` and `depth` are the heads' decode times). A malformed image, an over-long prompt or a

@@ -80,6 +80,46 @@ impl KvCache {
         (k, v)
     }
 
+    /// Appends the sequences of `other` (same model, already prefilled) after this cache's, so that a running batch
+    /// can take in new sequences between decode steps. The side with fewer slots is left-padded with padding slots
+    /// (masked as keys): every sequence goes on seeing exactly what it saw before.
+    pub fn append(&mut self, other: KvCache) {
+        if self.batch() == 0 {
+            *self = other;
+            return;
+        }
+        if other.batch() == 0 {
+            return;
+        }
+        let (mine, theirs) = (self.slots(), other.slots());
+        let t = mine.max(theirs);
+        let left_pad = |x: Tensor<4>, n: usize| -> Tensor<4> {
+            if n == 0 {
+                return x;
+            }
+            let [b, h, _, hd] = x.dims();
+            let zeros = Tensor::<4>::zeros([b, h, n, hd], &x.device()); // [b, kv, n, hd]
+            Tensor::cat(vec![zeros, x], 2) // [b, kv, n + slots, hd]
+        };
+        for (layer, added) in self.layers.iter_mut().zip(other.layers) {
+            *layer = match (layer.take(), added) {
+                (Some((k1, v1)), Some((k2, v2))) => Some((
+                    Tensor::cat(vec![left_pad(k1, t - mine), left_pad(k2, t - theirs)], 0), // [b1 + b2, kv, t, hd]
+                    Tensor::cat(vec![left_pad(v1, t - mine), left_pad(v2, t - theirs)], 0),
+                )),
+                (mine, added) => mine.or(added),
+            };
+        }
+        for p in &mut self.pad {
+            p.splice(0..0, std::iter::repeat_n(true, t - mine));
+        }
+        self.pad.extend(other.pad.into_iter().map(|mut p| {
+            p.splice(0..0, std::iter::repeat_n(true, t - theirs));
+            p
+        }));
+        self.next_pos.extend(other.next_pos);
+    }
+
     /// Keeps only the sequences at `keep` (in that order), e.g. to drop finished ones.
     pub fn retain(&mut self, keep: &[usize]) {
         let idx: Vec<i64> = keep.iter().map(|&i| i as i64).collect();

@@ -7,7 +7,7 @@ use burn::prelude::*;
 
 use super::layout::SpecialTokens;
 use super::model::{ImageEncoderPart, LlmPart, ModelError};
-use crate::llm::{KvCache, left_pad};
+use super::stepper::Stepper;
 
 /// Where a sequence stands with respect to its depth span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,60 +195,22 @@ pub fn generate_from_image_tokens(
     on_event: &mut dyn FnMut(DecodeEvent<'_>) -> bool,
 ) -> Result<Vec<Generated>, ModelError> {
     let b = prompts.len();
-    let (ids, pad) = left_pad(prompts, sp.pad);
-    let x = llm.embed(&ids, image)?; // [B, S, d]
-    let lm = &llm.language_model;
-    let mut cache = KvCache::new(lm.model.layers.len(), b);
-    let mut constraints: Vec<SpanConstraint> =
-        prompts.iter().map(|p| SpanConstraint::after_prompt(p, sp, span_len)).collect();
-    let mut out: Vec<Generated> = (0..b).map(|_| Generated { ids: Vec::new(), seg_hidden: None }).collect();
-    let mut done = vec![false; b];
-    let h = lm.model.forward_embeds(x, Some(&pad), Some(&mut cache)); // [B, S, d]
-    let [_, s, d] = h.dims();
-    let mut last = h.slice([0..b, s - 1..s, 0..d]); // [B, 1, d]
-    let v = llm.vocab_size();
-    let masks = constraint_masks(v, sp, &last.device()); // [5, V]
+    let mut stepper = Stepper::new(*sp, span_len);
+    let tags: Vec<usize> = (0..b).collect();
+    stepper.admit(llm, prompts, image, &tags)?;
+    let mut out: Vec<Option<Generated>> = vec![None; b];
     for _ in 0..max_new {
-        let logits = llm.logits(last.clone()).reshape([b, v]); // [B, V]
-        let kinds: Vec<i64> = constraints
-            .iter()
-            .map(|c| c.kind() as i64) // the row of `masks`
-            .collect();
-        let kinds = Tensor::<1, Int>::from_data(TensorData::new(kinds, [b]), &logits.device()); // [B]
-        let best = (logits + masks.clone().select(0, kinds)).argmax(1); // [B, 1]
-        let best: Vec<i64> = best.into_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| ModelError::Shape {
-            what: "argmax",
-            expected: "int data".into(),
-            got: format!("{e:?}"),
-        })?;
-        let mut feed = Vec::with_capacity(b);
-        for i in 0..b {
-            let next = if done[i] { sp.pad } else { best[i] as u32 };
-            if !done[i] {
-                out[i].ids.push(next);
-                constraints[i].advance(next, sp);
-                let go_on = on_event(DecodeEvent::Token { row: i, id: next });
-                done[i] = next == sp.im_end || !go_on;
-            }
-            feed.push(vec![next]);
-        }
-        if done.iter().all(|&x| x) {
+        if stepper.is_empty() {
             break;
         }
-        let x = llm.embed(&feed, None)?; // [B, 1, d]
-        let step_pad: Vec<Vec<bool>> = (0..b).map(|_| vec![false]).collect();
-        last = lm.model.forward_embeds(x, Some(&step_pad), Some(&mut cache)); // [B, 1, d]
-        for (i, f) in feed.iter().enumerate() {
-            if f[0] == sp.seg && out[i].seg_hidden.is_none() && out[i].ids.last() == Some(&sp.seg) {
-                let hidden = last.clone().slice([i..i + 1, 0..1, 0..d]).reshape([d]); // [d]
-                if !on_event(DecodeEvent::SegHidden { row: i, hidden: &hidden }) {
-                    done[i] = true;
-                }
-                out[i].seg_hidden = Some(hidden);
-            }
+        for (tag, g) in stepper.step(llm, on_event)? {
+            out[tag] = Some(g);
         }
     }
-    Ok(out)
+    for (tag, g) in stepper.drain() {
+        out[tag] = Some(g);
+    }
+    Ok(out.into_iter().map(|g| g.unwrap_or(Generated { ids: Vec::new(), seg_hidden: None })).collect())
 }
 
 #[cfg(test)]

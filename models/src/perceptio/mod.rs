@@ -9,6 +9,7 @@
 //! - `heads`: the `[SEG]` projection and the gather of `[SEG]` hidden states.
 //! - `optim`: AdamW, warm-up + cosine schedule, accumulation, global-norm clipping, saved state.
 //! - `decode`: constrained decoding of the depth span and greedy generation keeping the `[SEG]` state.
+//! - `stepper`: the same decoding one step at a time, for a batch that requests join and leave (serving).
 //! - `image`: resizing and normalisation of encoder inputs.
 //! - `predict`: answering questions with a trained model (generation, then the mask and depth heads).
 //! - `checkpoint`: the model directory (config, tokenizer, one weights file per part).
@@ -25,6 +26,7 @@ pub mod optim;
 pub mod predict;
 pub mod sequence;
 pub mod step;
+pub mod stepper;
 pub mod tokens;
 
 pub use layout::{Sequence, SpecialTokens, TokenBatch};

@@ -100,6 +100,8 @@ fn run_node(
     let mut open: Vec<bool> = vec![true; inputs.len()];
     // Signals waiting for alignment: a signal is handled once every open input has delivered it.
     let mut pending: Vec<(Signal, Vec<bool>)> = Vec::new();
+    // The node has work between frames (see `Node::step`): poll the inputs instead of waiting on them.
+    let mut busy = false;
     while open.iter().any(|o| *o) {
         if flags.cancel.load(Ordering::Relaxed) {
             return Err(NodeError::Cancelled);
@@ -114,7 +116,13 @@ fn run_node(
                 map.push(i);
             }
         }
-        let Ok(op) = select.select_timeout(POLL) else { continue };
+        let ready = if busy { select.try_select().ok() } else { select.select_timeout(POLL).ok() };
+        let Some(op) = ready else {
+            if busy {
+                busy = timed(metrics, || node.step(out))?;
+            }
+            continue;
+        };
         let i = map[op.index()];
         let input = &inputs[i];
         let item = match op.recv(input.receiver.channel()) {
@@ -150,6 +158,7 @@ fn run_node(
             timed(metrics, || node.on_signal(&signal, out))?;
             out.signal(signal)?;
         }
+        busy = timed(metrics, || node.step(out))?;
     }
     timed(metrics, || node.finish(out))?;
     out.signal(Signal::EndOfData)

@@ -1,18 +1,22 @@
-//! `serve-llm`: the serving graph's LLM. Batches prepared requests (up to `max_batch`, or what it holds when a
-//! `Flush` arrives) and decodes each batch greedily with a KV cache under the depth-span constraint. Emits the
-//! generation stream as it goes: after every decode step a frame of `token` rows (one per request still
-//! generating), a `seg` frame carrying the `[SEG]` hidden state `hidden` `[n, d]` as soon as it is known, and one
-//! `end` row per request the moment it stops (at `<|im_end|>`, at its token limit, on cancellation, or with the
-//! batch's error). Every request it receives gets exactly one `end` row: the router and the mask decoder rely on it.
+//! `serve-llm`: the serving graph's LLM, batching continuously. Requests join the running batch between decode
+//! steps (up to `max_batch` running) and leave it the moment they stop; when nothing runs, they gather until a
+//! full batch waits or the batch window's `Flush` comes. Decoding is greedy with a KV cache under the depth-span
+//! constraint. Emits the generation stream as it goes: after every decode step a frame of `token` rows (one per
+//! running request), a `seg` frame carrying the `[SEG]` hidden state `hidden` `[n, d]` as soon as it is known,
+//! and one `end` row per request the moment it stops (at `<|im_end|>`, at its token limit, on cancellation, or
+//! with its batch's error). Every request it receives gets exactly one `end` row: the router and the SAM2 encoder
+//! rely on it.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use burn::prelude::*;
 use perceptio_models::perceptio::checkpoint::Part;
-use perceptio_models::perceptio::decode::{DecodeEvent, generate_from_image_tokens};
+use perceptio_models::perceptio::decode::DecodeEvent;
 use perceptio_models::perceptio::predict::TextSide;
+use perceptio_models::perceptio::stepper::Stepper;
 use perceptio_models::perceptio::{LlmPart, SpecialTokens};
 use perceptio_runtime::schemas::PortSchema;
 use perceptio_runtime::{
@@ -198,15 +202,28 @@ impl NodeKind for ServeLlmKind {
             span_len: text.sequence.span_len,
             max_batch: p.max_batch,
             hub: self.hub.clone(),
-            pending: Vec::new(),
+            pending: VecDeque::new(),
+            flushed: false,
+            stepper: Stepper::new(text.specials, text.sequence.span_len),
+            running: HashMap::new(),
+            next_tag: 0,
         })))
     }
 }
 
-/// A request waiting for its batch: its row and image tokens `[T, d]`.
+/// A request waiting to join the batch: its row and image tokens `[T, d]`.
 struct Pending {
     row: PreparedRow,
     image: Tensor<2>,
+}
+
+/// A request in the running batch.
+struct Running {
+    row: PreparedRow,
+    admitted_ns: u64,
+    /// Requests in the batch right after it joined (itself included).
+    batch_size: u32,
+    generated: usize,
 }
 
 struct LlmNode {
@@ -215,7 +232,13 @@ struct LlmNode {
     span_len: usize,
     max_batch: usize,
     hub: Option<Arc<dyn ServeHub>>,
-    pending: Vec<Pending>,
+    pending: VecDeque<Pending>,
+    /// A `Flush` came: admit what is pending without waiting for a full batch.
+    flushed: bool,
+    stepper: Stepper,
+    /// The running requests by their stepper tag.
+    running: HashMap<usize, Running>,
+    next_tag: usize,
 }
 
 fn emit_rows(out: &mut Outputs, rows: &mut Vec<GenRow>) -> Result<(), NodeError> {
@@ -227,142 +250,149 @@ fn emit_rows(out: &mut Outputs, rows: &mut Vec<GenRow>) -> Result<(), NodeError>
     out.emit("out", frame)
 }
 
+fn end_row(row: &PreparedRow, admitted_ns: u64, batch_size: u32, error: Option<String>) -> GenRow {
+    GenRow {
+        key: row.key,
+        submitted_ns: row.submitted_ns,
+        kind: GenKind::End {
+            queue_ns: admitted_ns.saturating_sub(row.submitted_ns),
+            generate_ns: clock_ns().saturating_sub(admitted_ns),
+            batch_size,
+            error,
+        },
+    }
+}
+
 impl LlmNode {
     fn cancelled(&self, key: u64) -> bool {
         self.hub.as_ref().is_some_and(|h| h.is_cancelled(key))
     }
 
-    fn run_pending(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
-        while !self.pending.is_empty() {
-            let n = self.pending.len().min(self.max_batch);
-            let batch: Vec<Pending> = self.pending.drain(..n).collect();
-            self.run_batch(batch, out)?;
+    /// Whether pending requests may join now: a batch is running (they join between its steps), a `Flush` came
+    /// (the batch window closed), or a full batch is waiting.
+    fn may_admit(&self) -> bool {
+        !self.pending.is_empty()
+            && self.stepper.len() < self.max_batch
+            && (self.flushed || !self.stepper.is_empty() || self.pending.len() >= self.max_batch)
+    }
+
+    /// Moves pending requests into the running batch, up to `max_batch` running.
+    fn admit(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        if !self.may_admit() {
+            return Ok(());
+        }
+        let now = clock_ns();
+        let mut joining = Vec::new();
+        let mut ends = Vec::new();
+        while joining.len() + self.stepper.len() < self.max_batch
+            && let Some(p) = self.pending.pop_front()
+        {
+            if self.cancelled(p.row.key) {
+                ends.push(end_row(&p.row, now, 0, None));
+            } else {
+                joining.push(p);
+            }
+        }
+        if self.pending.is_empty() {
+            self.flushed = false;
+        }
+        emit_rows(out, &mut ends)?;
+        if joining.is_empty() {
+            return Ok(());
+        }
+        let prompts: Vec<Vec<u32>> = joining.iter().map(|p| p.row.prompt.clone()).collect();
+        let image = Tensor::stack::<3>(joining.iter().map(|p| p.image.clone()).collect(), 0); // [n, T, d]
+        let tags: Vec<usize> = (self.next_tag..self.next_tag + joining.len()).collect();
+        self.next_tag += joining.len();
+        if let Err(e) = self.stepper.admit(&self.llm, &prompts, Some(image), &tags) {
+            let message = format!("prefilling {} requests: {e}", joining.len());
+            let mut ends: Vec<GenRow> =
+                joining.iter().map(|p| end_row(&p.row, now, 0, Some(message.clone()))).collect();
+            return emit_rows(out, &mut ends);
+        }
+        let batch_size = self.stepper.len() as u32;
+        for (tag, p) in tags.into_iter().zip(joining) {
+            self.running.insert(tag, Running { row: p.row, admitted_ns: now, batch_size, generated: 0 });
         }
         Ok(())
     }
 
-    /// Decodes one batch, streaming its rows.
-    fn run_batch(&mut self, batch: Vec<Pending>, out: &mut Outputs) -> Result<(), NodeError> {
-        let started = clock_ns();
-        let (live, gone): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| !self.cancelled(p.row.key));
-        let size = live.len() as u32;
-        let end = |p: &PreparedRow, error: Option<String>| GenRow {
-            key: p.key,
-            submitted_ns: p.submitted_ns,
-            kind: GenKind::End {
-                queue_ns: started.saturating_sub(p.submitted_ns),
-                generate_ns: clock_ns().saturating_sub(started),
-                batch_size: size,
-                error,
-            },
-        };
-        let mut rows: Vec<GenRow> = gone.iter().map(|p| end(&p.row, None)).collect();
-        emit_rows(out, &mut rows)?;
-        if live.is_empty() {
-            return Ok(());
-        }
-        let b = live.len();
-        let prompts: Vec<Vec<u32>> = live.iter().map(|p| p.row.prompt.clone()).collect();
-        let image = Tensor::stack::<3>(live.iter().map(|p| p.image.clone()).collect(), 0); // [B, T, d]
-        let max_new = live.iter().map(|p| p.row.max_new_tokens).max().unwrap_or(1);
-        let im_end = self.specials.im_end;
-        let mut counts = vec![0usize; b];
-        // rows still generating (mirrors the generator's bookkeeping, to know the last row of each step)
-        let mut active = vec![true; b];
-        let mut ended = vec![false; b];
-        let mut failure: Option<NodeError> = None;
+    /// One decode step of the running batch, streaming its rows: tokens, then `[SEG]` states, then ends.
+    fn decode_step(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        let mut tokens: Vec<GenRow> = Vec::new();
+        let mut segs: Vec<(usize, Tensor<1>)> = Vec::new();
         let hub = self.hub.clone();
         let cancelled = |key: u64| hub.as_ref().is_some_and(|h| h.is_cancelled(key));
-        let result = generate_from_image_tokens(
-            &self.llm,
-            &prompts,
-            Some(image),
-            &self.specials,
-            self.span_len,
-            max_new,
-            &mut |event| {
-                if failure.is_some() {
-                    return false;
-                }
-                let sent = match event {
-                    DecodeEvent::Token { row, id } => {
-                        let last = (0..b).rev().find(|&i| active[i]);
-                        counts[row] += 1;
-                        let p = &live[row].row;
-                        let go_on = counts[row] < p.max_new_tokens && !cancelled(p.key);
-                        rows.push(GenRow { key: p.key, submitted_ns: p.submitted_ns, kind: GenKind::Token(id) });
-                        if id == im_end || !go_on {
-                            active[row] = false;
-                            ended[row] = true;
-                            rows.push(end(p, None));
-                        }
-                        let sent = if last == Some(row) { emit_rows(out, &mut rows) } else { Ok(()) };
-                        sent.map(|_| go_on)
-                    }
-                    DecodeEvent::SegHidden { row, hidden } => {
-                        if ended[row] {
-                            return false;
-                        }
-                        let p = &live[row].row;
-                        let d = hidden.dims()[0];
-                        let seg = GenRow { key: p.key, submitted_ns: p.submitted_ns, kind: GenKind::Seg };
-                        let frame = generation_frame(&[seg])
-                            .and_then(|f| Ok(f.with_tensor("hidden", hidden.clone().reshape([1, d]))?)); // [1, d]
-                        let go_on = !cancelled(p.key);
-                        frame.and_then(|f| out.emit("out", f)).and_then(|_| {
-                            if !go_on {
-                                active[row] = false;
-                                ended[row] = true;
-                                rows.push(end(p, None));
-                                emit_rows(out, &mut rows)?;
-                            }
-                            Ok(go_on)
-                        })
-                    }
-                };
-                sent.unwrap_or_else(|e| {
-                    failure = Some(e);
-                    false
-                })
-            },
-        );
-        if let Some(e) = failure {
-            return Err(e);
+        let running = &mut self.running;
+        let result = self.stepper.step(&self.llm, &mut |event| match event {
+            DecodeEvent::Token { row, id } => {
+                let Some(r) = running.get_mut(&row) else { return false };
+                r.generated += 1;
+                tokens.push(GenRow { key: r.row.key, submitted_ns: r.row.submitted_ns, kind: GenKind::Token(id) });
+                r.generated < r.row.max_new_tokens && !cancelled(r.row.key)
+            }
+            DecodeEvent::SegHidden { row, hidden } => {
+                segs.push((row, hidden.clone()));
+                running.get(&row).is_some_and(|r| !cancelled(r.row.key))
+            }
+        });
+        emit_rows(out, &mut tokens)?;
+        for (tag, hidden) in segs {
+            let Some(r) = self.running.get(&tag) else { continue };
+            let d = hidden.dims()[0];
+            let seg = GenRow { key: r.row.key, submitted_ns: r.row.submitted_ns, kind: GenKind::Seg };
+            out.emit("out", generation_frame(&[seg])?.with_tensor("hidden", hidden.reshape([1, d]))?)?; // [1, d]
         }
-        emit_rows(out, &mut rows)?;
-        let error = result.err().map(|e| format!("answering its batch of {b}: {e}"));
-        let rest: Vec<GenRow> =
-            live.iter().zip(&ended).filter(|(_, e)| !**e).map(|(p, _)| end(&p.row, error.clone())).collect();
-        rows.extend(rest);
-        emit_rows(out, &mut rows)
+        let (finished, error) = match result {
+            Ok(finished) => (finished.into_iter().map(|(tag, _)| tag).collect::<Vec<_>>(), None),
+            Err(e) => {
+                // the batch's state is lost: every running request fails with it
+                self.stepper = Stepper::new(self.specials, self.span_len);
+                let n = self.running.len();
+                (self.running.keys().copied().collect(), Some(format!("decoding its batch of {n}: {e}")))
+            }
+        };
+        let mut ends: Vec<GenRow> = finished
+            .into_iter()
+            .filter_map(|tag| self.running.remove(&tag))
+            .map(|r| end_row(&r.row, r.admitted_ns, r.batch_size, error.clone()))
+            .collect();
+        emit_rows(out, &mut ends)
     }
 }
 
 impl Node for LlmNode {
-    fn process(&mut self, _port: &str, frame: Frame, out: &mut Outputs) -> Result<(), NodeError> {
+    fn process(&mut self, _port: &str, frame: Frame, _out: &mut Outputs) -> Result<(), NodeError> {
         let rows = read_prepared(&frame)?;
         let image: Tensor<3> = frame.tensor("image_tokens")?; // [B, T, d]
         let [_, t, d] = image.dims();
         for (i, row) in rows.into_iter().enumerate() {
             let image = image.clone().slice([i..i + 1, 0..t, 0..d]).reshape([t, d]); // [T, d]
-            self.pending.push(Pending { row, image });
-        }
-        while self.pending.len() >= self.max_batch {
-            let batch: Vec<Pending> = self.pending.drain(..self.max_batch).collect();
-            self.run_batch(batch, out)?;
+            self.pending.push_back(Pending { row, image });
         }
         Ok(())
     }
 
-    fn on_signal(&mut self, signal: &Signal, out: &mut Outputs) -> Result<(), NodeError> {
-        if *signal == Signal::Flush {
-            self.run_pending(out)?;
+    fn on_signal(&mut self, signal: &Signal, _out: &mut Outputs) -> Result<(), NodeError> {
+        if *signal == Signal::Flush && !self.pending.is_empty() {
+            self.flushed = true;
         }
         Ok(())
+    }
+
+    /// Between frames: let waiting requests join, then decode one step.
+    fn step(&mut self, out: &mut Outputs) -> Result<bool, NodeError> {
+        self.admit(out)?;
+        if !self.stepper.is_empty() {
+            self.decode_step(out)?;
+        }
+        Ok(!self.stepper.is_empty() || self.may_admit())
     }
 
     fn finish(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
-        self.run_pending(out)
+        self.flushed = true;
+        while self.step(out)? {}
+        Ok(())
     }
 }
 

@@ -2,20 +2,23 @@
 //! output reaches its request's stream as soon as it exists.
 //!
 //! ```text
-//! serve-requests -> serve-prepare -+-> serve-image-encoder -> serve-llm -> serve-router -+-> serve-events
-//!                                  |                                       seg |  codes |      ^  ^  ^
-//!                                  +-> serve-sam2-encoder -> serve-mask-decoder <+       |      |  |  |
-//!                                                                 |                      v      |  |  |
-//!                                                                 |            serve-depth-decoder |  |
-//!                                                                 +------------------------------+--+
+//! serve-requests -> serve-prepare -+-> serve-image-encoder -> serve-llm -> serve-router -+--------> serve-events
+//!                                  |                                         seg | codes  |          ^   ^   ^
+//!                                  +-----------------> serve-sam2-encoder <------+        |          |   |   |
+//!                                                              |                          v          |   |   |
+//!                                                      serve-mask-decoder    serve-depth-decoder ----+   |   |
+//!                                                              +-----------------------------------------+   |
+//!                            (serve-prepare's error records) ------------------------------------------------+
 //! ```
 //!
 //! - `serve-requests` reads the live request channel and sends a `Flush` per batch window; `serve-prepare` checks
 //!   each request (bad ones become error records) and makes the encoders' inputs.
-//! - The SAM2 encoder runs beside the image encoder and the LLM, so a request's features wait at the mask decoder
-//!   before its `[SEG]` is decoded. `serve-llm` batches requests (up to `max_batch`, or at a `Flush`) and streams
-//!   tokens, `[SEG]` states and request ends; `serve-router` sends tokens to the events, `[SEG]` states to the mask
-//!   decoder and each depth span to the depth decoder the moment `<d_end>` closes it.
+//! - `serve-llm` batches continuously: requests join the running batch between decode steps (up to `max_batch`)
+//!   and leave it when they stop. It streams tokens, `[SEG]` states and request ends. `serve-router` sends tokens
+//!   to the events, `[SEG]` states to the SAM2 encoder, and each depth span to the depth decoder the moment
+//!   `<d_end>` closes it.
+//! - The SAM2 encoder keeps each request's image until its `[SEG]` state comes (then encodes it, or hands on the
+//!   maps it encoded beside the LLM with `eager: true`) or its release (the request ended without `[SEG]`).
 //! - `serve-events` delivers to each request's stream in order: tokens as decoded, the mask right after `[SEG]`,
 //!   the depth map right after `<d_end>`, then `Done`.
 //! - The live channel is a [`ServeHub`], implemented by the embedding runtime (`perceptio::serve::ServeRuntime`).

@@ -1,0 +1,268 @@
+//! Step-wise constrained decoding of a batch that sequences join and leave between steps (continuous batching):
+//! a [`Stepper`] holds the running rows, their KV cache and span constraints; `admit` prefills new prompts and
+//! merges them into the running batch, `step` decodes one token for every row and drops the rows that finished.
+//! Rows carry the caller's tags, and every event names its row by tag.
+
+use burn::prelude::*;
+
+use super::decode::{ConstraintKind, DecodeEvent, Generated, SpanConstraint, constraint_masks};
+use super::layout::SpecialTokens;
+use super::model::{LlmPart, ModelError};
+use crate::llm::{KvCache, left_pad};
+
+/// One running sequence.
+struct Row {
+    tag: usize,
+    constraint: SpanConstraint,
+    out: Generated,
+}
+
+/// A running batch of greedy, span-constrained generations.
+pub struct Stepper {
+    sp: SpecialTokens,
+    span_len: usize,
+    rows: Vec<Row>,
+    cache: Option<KvCache>,
+    /// The last hidden state of every row `[B, 1, d]`.
+    last: Option<Tensor<3>>,
+    /// The additive constraint masks `[5, V]` (made on the first admission).
+    masks: Option<Tensor<2>>,
+}
+
+impl Stepper {
+    pub fn new(sp: SpecialTokens, span_len: usize) -> Self {
+        Self { sp, span_len, rows: Vec::new(), cache: None, last: None, masks: None }
+    }
+
+    /// Rows running.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The tags of the running rows, in row order.
+    pub fn tags(&self) -> Vec<usize> {
+        self.rows.iter().map(|r| r.tag).collect()
+    }
+
+    /// Prefills `prompts` (their `<IMG_CONTEXT>` slots take `image` `[n, T, d]`; None: text only) and adds them to
+    /// the running batch under `tags`.
+    pub fn admit(
+        &mut self,
+        llm: &LlmPart,
+        prompts: &[Vec<u32>],
+        image: Option<Tensor<3>>,
+        tags: &[usize],
+    ) -> Result<(), ModelError> {
+        let n = prompts.len();
+        if tags.len() != n {
+            return Err(ModelError::Shape { what: "tags", expected: format!("{n}"), got: format!("{}", tags.len()) });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (ids, pad) = left_pad(prompts, self.sp.pad);
+        let x = llm.embed(&ids, image)?; // [n, S, d]
+        let lm = &llm.language_model;
+        let mut cache = KvCache::new(lm.model.layers.len(), n);
+        let h = lm.model.forward_embeds(x, Some(&pad), Some(&mut cache)); // [n, S, d]
+        let [_, s, d] = h.dims();
+        let last = h.slice([0..n, s - 1..s, 0..d]); // [n, 1, d]
+        if self.masks.is_none() {
+            self.masks = Some(constraint_masks(llm.vocab_size(), &self.sp, &last.device())); // [5, V]
+        }
+        self.last = Some(match self.last.take() {
+            Some(running) => Tensor::cat(vec![running, last], 0), // [B + n, 1, d]
+            None => last,
+        });
+        match &mut self.cache {
+            Some(running) => running.append(cache),
+            None => self.cache = Some(cache),
+        }
+        for (p, &tag) in prompts.iter().zip(tags) {
+            let constraint = SpanConstraint::after_prompt(p, &self.sp, self.span_len);
+            self.rows.push(Row { tag, constraint, out: Generated { ids: Vec::new(), seg_hidden: None } });
+        }
+        Ok(())
+    }
+
+    /// Keeps the rows at `keep` (in order) and returns the others' generations with their tags.
+    fn drop_rows(&mut self, keep: &[usize]) -> Vec<(usize, Generated)> {
+        if keep.len() == self.rows.len() {
+            return Vec::new();
+        }
+        if let Some(cache) = &mut self.cache {
+            cache.retain(keep);
+        }
+        if let Some(last) = self.last.take() {
+            let idx: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [keep.len()]), &last.device());
+            self.last = Some(last.select(0, idx)); // [B', 1, d]
+        }
+        let mut finished = Vec::new();
+        let mut kept = Vec::with_capacity(keep.len());
+        for (i, row) in std::mem::take(&mut self.rows).into_iter().enumerate() {
+            if keep.contains(&i) {
+                kept.push(row);
+            } else {
+                finished.push((row.tag, row.out));
+            }
+        }
+        self.rows = kept;
+        if self.rows.is_empty() {
+            self.cache = None;
+            self.last = None;
+        }
+        finished
+    }
+
+    /// Decodes one token for every row. A row finishes at `<|im_end|>`, or when `on_event` returns false for its
+    /// token or its `[SEG]` state (a cancelled request); finished rows leave the batch and are returned with their
+    /// tags. The others' tokens are fed back, and a `[SEG]` just fed reports its hidden state.
+    pub fn step(
+        &mut self,
+        llm: &LlmPart,
+        on_event: &mut dyn FnMut(DecodeEvent<'_>) -> bool,
+    ) -> Result<Vec<(usize, Generated)>, ModelError> {
+        let (Some(last), Some(masks)) = (self.last.clone(), self.masks.clone()) else { return Ok(Vec::new()) };
+        let b = self.rows.len();
+        let v = llm.vocab_size();
+        let logits = llm.logits(last).reshape([b, v]); // [B, V]
+        let kinds: Vec<i64> = self.rows.iter().map(|r| r.constraint.kind() as i64).collect();
+        debug_assert!(kinds.iter().all(|&k| (k as usize) < ConstraintKind::ALL.len()));
+        let kinds = Tensor::<1, Int>::from_data(TensorData::new(kinds, [b]), &logits.device()); // [B]
+        let best = (logits + masks.select(0, kinds)).argmax(1); // [B, 1]
+        let best: Vec<i64> = best.into_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| ModelError::Shape {
+            what: "argmax",
+            expected: "int data".into(),
+            got: format!("{e:?}"),
+        })?;
+        let mut keep = Vec::with_capacity(b);
+        for (i, row) in self.rows.iter_mut().enumerate() {
+            let next = best[i] as u32;
+            row.out.ids.push(next);
+            row.constraint.advance(next, &self.sp);
+            let go_on = on_event(DecodeEvent::Token { row: row.tag, id: next });
+            if next != self.sp.im_end && go_on {
+                keep.push(i);
+            }
+        }
+        let mut finished = self.drop_rows(&keep);
+        if self.rows.is_empty() {
+            return Ok(finished);
+        }
+        let feed: Vec<Vec<u32>> = self.rows.iter().map(|r| vec![*r.out.ids.last().expect("just pushed")]).collect();
+        let x = llm.embed(&feed, None)?; // [B', 1, d]
+        let step_pad: Vec<Vec<bool>> = vec![vec![false]; feed.len()];
+        let cache = self.cache.as_mut().expect("rows are running");
+        let last = llm.language_model.model.forward_embeds(x, Some(&step_pad), Some(cache)); // [B', 1, d]
+        let d = last.dims()[2];
+        let mut keep: Vec<usize> = Vec::with_capacity(feed.len());
+        for (i, row) in self.rows.iter_mut().enumerate() {
+            let mut go_on = true;
+            if feed[i][0] == self.sp.seg && row.out.seg_hidden.is_none() {
+                let hidden = last.clone().slice([i..i + 1, 0..1, 0..d]).reshape([d]); // [d]
+                go_on = on_event(DecodeEvent::SegHidden { row: row.tag, hidden: &hidden });
+                row.out.seg_hidden = Some(hidden);
+            }
+            if go_on {
+                keep.push(i);
+            }
+        }
+        self.last = Some(last);
+        finished.extend(self.drop_rows(&keep));
+        Ok(finished)
+    }
+
+    /// Ends every running row (e.g. at a token limit) and returns their generations with their tags.
+    pub fn drain(&mut self) -> Vec<(usize, Generated)> {
+        self.drop_rows(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Distribution;
+
+    use super::*;
+    use crate::perceptio::PerceptioConfig;
+    use crate::perceptio::decode::generate_from_image_tokens;
+
+    const BASE: usize = 40;
+    const IMG: u32 = 5;
+
+    fn sp() -> SpecialTokens {
+        let b = BASE as u32;
+        SpecialTokens {
+            seg: b,
+            d_start: b + 1,
+            d_end: b + 2,
+            code0: b + 3,
+            num_codes: 128,
+            im_end: 2,
+            pad: 0,
+            image_context: IMG,
+        }
+    }
+
+    /// A prompt with the 16 image slots of the tiny preset and `extra` text ids.
+    fn prompt(extra: &[u32]) -> Vec<u32> {
+        let mut p = vec![1, 7];
+        p.extend(std::iter::repeat_n(IMG, 16));
+        p.extend_from_slice(extra);
+        p
+    }
+
+    #[test]
+    fn sequences_that_join_a_running_batch_generate_what_they_generate_alone() {
+        let device = Device::flex();
+        device.seed(3);
+        let llm = PerceptioConfig::tiny(BASE, IMG as usize).init_llm(&device).unwrap();
+        let sp = sp();
+        // `b` is longer than `a` after its first steps (the running batch is left-padded), `c` shorter (it is)
+        let prompts = [prompt(&[9, 10, 11]), prompt(&[12; 14]), prompt(&[13])];
+        let images: Vec<Tensor<3>> =
+            (0..3).map(|_| Tensor::<3>::random([1, 16, 128], Distribution::Normal(0.0, 1.0), &device)).collect();
+        let limits = [40usize, 12, 9];
+        let alone: Vec<Vec<u32>> = (0..3)
+            .map(|i| {
+                let one = [prompts[i].clone()];
+                let g =
+                    generate_from_image_tokens(&llm, &one, Some(images[i].clone()), &sp, 100, limits[i], &mut |_| true);
+                g.unwrap().remove(0).ids
+            })
+            .collect();
+
+        let mut stepper = Stepper::new(sp, 100);
+        let mut got: Vec<Option<Vec<u32>>> = vec![None; 3];
+        let mut counts = [0usize; 3];
+        let joins = [(0usize, 0usize), (5, 1), (8, 2)]; // (step, row)
+        for step in 0..60 {
+            for &(at, i) in &joins {
+                if at == step {
+                    stepper.admit(&llm, &prompts[i..i + 1], Some(images[i].clone()), &[i]).unwrap();
+                }
+            }
+            if step == 8 {
+                assert_eq!(stepper.tags(), vec![0, 1, 2], "all three run together after the joins");
+            }
+            let mut on_event = |e: DecodeEvent<'_>| match e {
+                DecodeEvent::Token { row, .. } => {
+                    counts[row] += 1;
+                    counts[row] < limits[row]
+                }
+                DecodeEvent::SegHidden { .. } => true,
+            };
+            for (tag, g) in stepper.step(&llm, &mut on_event).unwrap() {
+                got[tag] = Some(g.ids);
+            }
+        }
+        assert!(stepper.is_empty());
+        for i in 0..3 {
+            assert_eq!(got[i].as_ref(), Some(&alone[i]), "row {i}: joined and alone generate the same ids");
+        }
+    }
+}
