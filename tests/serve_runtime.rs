@@ -106,14 +106,21 @@ fn force_span_opening(model: &Path, query: &Query, out: &Path) {
     std::fs::copy(model.join(TOKENIZER_FILE), out.join(TOKENIZER_FILE)).unwrap();
 }
 
+/// A tiny model under `dir` whose answer to its (image, question) opens with `[SEG] <d_start>`, so a depth span of
+/// exactly span_len forced codes follows.
+fn forced_model(dir: &Path) -> (PathBuf, Vec<u8>, &'static str) {
+    let model = tiny_model(dir);
+    let image = png(40, 30, 1);
+    let question = "where is the red cube ?";
+    let forced = dir.join("forced");
+    force_span_opening(&model, &Query::from_png(&image, question).unwrap(), &forced);
+    (forced, image, question)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_depth_span_holds_exactly_span_len_codes_and_streams_mask_depth_and_done() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
-    let image = png(40, 30, 1);
-    let question = "where is the red cube ?";
-    let forced = dir.path().join("forced");
-    force_span_opening(&model, &Query::from_png(&image, question).unwrap(), &forced);
+    let (forced, image, question) = forced_model(dir.path());
     let p = Predictor::load(&forced, &Device::flex()).unwrap();
     let (sp, n) = (p.text.specials, p.span_len());
     drop(p);
@@ -175,11 +182,7 @@ async fn a_depth_span_holds_exactly_span_len_codes_and_streams_mask_depth_and_do
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_joins_the_running_batch_between_decode_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_model(dir.path());
-    let image = png(40, 30, 1);
-    let question = "where is the red cube ?";
-    let forced = dir.path().join("forced");
-    force_span_opening(&model, &Query::from_png(&image, question).unwrap(), &forced);
+    let (forced, image, question) = forced_model(dir.path());
     let rt = ServeRuntime::new(&forced, config(4, 4, 0, WhenFull::Wait)).await.unwrap();
     // the long request has at least 103 tokens to go ([SEG], <d_start>, 100 forced codes, <d_end>)
     let mut long = rt.submit(ImageInput::Png(image), question, SubmitOptions { max_new_tokens: 160 }).await.unwrap();
