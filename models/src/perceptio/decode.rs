@@ -152,22 +152,9 @@ pub enum DecodeEvent<'a> {
 }
 
 /// Greedy constrained generation for a batch of prompts (left-padded together) whose `<IMG_CONTEXT>` slots take
-/// the image tokens of `pixels` `[B, 3, p, p]` (None: text only). Stops a row at `<|im_end|>` or after `max_new`
-/// tokens.
-pub fn generate(
-    image_part: &ImageEncoderPart,
-    llm: &LlmPart,
-    prompts: &[Vec<u32>],
-    pixels: Option<Tensor<4>>,
-    sp: &SpecialTokens,
-    span_len: usize,
-    max_new: usize,
-) -> Result<Vec<Generated>, ModelError> {
-    generate_streaming(image_part, llm, prompts, pixels, sp, span_len, max_new, &mut |_| true)
-}
-
-/// [`generate`], calling `on_event` as tokens and `[SEG]` states appear; `on_event` returning false stops that
-/// row (a cancelled request) and the batch goes on without it.
+/// the image tokens of `pixels` `[B, 3, p, p]` (None: text only), calling `on_event` as tokens and `[SEG]` states
+/// appear. A row stops at `<|im_end|>`, after `max_new` tokens, or when `on_event` returns false for it (a
+/// cancelled request); the batch goes on without it.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_streaming(
     image_part: &ImageEncoderPart,

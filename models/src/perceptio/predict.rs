@@ -143,8 +143,6 @@ pub struct Timings {
 pub enum PredictEvent {
     /// Query `row` generated `id` (`text` is its decoded piece; empty for special tokens).
     Token { row: usize, id: u32, text: String },
-    /// Query `row`'s `[SEG]` was decoded (its mask follows once generation ends).
-    Seg { row: usize },
 }
 
 /// The text side of a model directory, without weights: tokenizer, special-token layout and sequence limits.
@@ -266,7 +264,7 @@ impl Predictor {
             opts.max_new_tokens,
             &mut |event| match event {
                 DecodeEvent::Token { row, id } => on_event(PredictEvent::Token { row, id, text: self.text.piece(id) }),
-                DecodeEvent::SegHidden { row, .. } => on_event(PredictEvent::Seg { row }),
+                DecodeEvent::SegHidden { .. } => true,
             },
         )?;
         let t_generate = started.elapsed();

@@ -5,7 +5,7 @@
 
 use burn::prelude::*;
 
-use super::decode::{ConstraintKind, DecodeEvent, Generated, SpanConstraint, constraint_masks};
+use super::decode::{DecodeEvent, Generated, SpanConstraint, constraint_masks};
 use super::layout::SpecialTokens;
 use super::model::{LlmPart, ModelError};
 use crate::llm::{KvCache, left_pad};
@@ -132,7 +132,6 @@ impl Stepper {
         let v = llm.vocab_size();
         let logits = llm.logits(last).reshape([b, v]); // [B, V]
         let kinds: Vec<i64> = self.rows.iter().map(|r| r.constraint.kind() as i64).collect();
-        debug_assert!(kinds.iter().all(|&k| (k as usize) < ConstraintKind::ALL.len()));
         let kinds = Tensor::<1, Int>::from_data(TensorData::new(kinds, [b]), &logits.device()); // [B]
         let best = (logits + masks.select(0, kinds)).argmax(1); // [B, 1]
         let best: Vec<i64> = best.into_data().convert::<i64>().try_to_vec::<i64>().map_err(|e| ModelError::Shape {

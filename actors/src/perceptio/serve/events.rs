@@ -103,6 +103,8 @@ impl EventsSink {
         Ok(())
     }
 
+    /// Ends `request`'s stream with `Error`. A head event still in flight for it opens a new entry that only
+    /// `finish` clears (the hub drops what it delivers then): at most two small events per failed request.
     fn fail(&mut self, request: u64, message: String) {
         self.streams.remove(&request);
         self.hub.deliver(request, ServeEvent::Error { message });

@@ -1,34 +1,30 @@
 //! `serve-mask-decoder` and `serve-depth-decoder`: the serving graph's two heads. The mask decoder turns a
 //! request's `[SEG]` state and SAM2 maps (joined by the SAM2 encoder) into its `Mask` event; the depth decoder turns
-//! a closed span's codes into the `Depth` event. Both tag their events with the token they answer (`[SEG]`, `<d_end>`) and how long they took; a model
-//! failure becomes that request's `Error` event.
+//! a closed span's codes into the `Depth` event. Both tag their events with the token they answer (`[SEG]`,
+//! `<d_end>`) and how long they took; a model failure becomes that request's `Error` event.
 
 use std::time::Instant;
 
 use arrow::array::{ListArray, UInt32Array};
 use burn::prelude::*;
 use perceptio_models::depth::VqVae;
-use perceptio_models::perceptio::checkpoint::{Part, read_config};
-use perceptio_models::perceptio::predict::TextSide;
-use perceptio_models::perceptio::{SegPart, SpecialTokens};
+use perceptio_models::perceptio::checkpoint::Part;
+use perceptio_models::perceptio::{PerceptioConfig, SegPart};
 use perceptio_runtime::schemas::PortSchema;
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
     parse_params,
 };
 
-use super::encoders::load_serving_part;
 use super::event_port_schema;
 use super::router::codes_schema;
 use super::sam2::seg_features_port_schema;
-use super::{EventExtra, ServeEvent, ServeModelParams, event_frame_with, request_keys};
+use super::{EventExtra, ModelDir, ServeEvent, ServeModelParams, event_frame_with, request_keys};
 use crate::perceptio::common::column;
 
-/// The special tokens of a model directory's tokenizer.
-fn specials(p: &ServeModelParams) -> Result<SpecialTokens, ParamError> {
-    let at = |e: &dyn std::fmt::Display| ParamError::new("model", format!("{}: {e}", p.model.display()));
-    let cfg = read_config(&p.model).map_err(|e| at(&e))?;
-    Ok(TextSide::load(&p.model, &cfg).map_err(|e| at(&e))?.specials)
+/// A tensor's values on the host, as f32.
+fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, String> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("{e:?}"))
 }
 
 /// Emits a head's events for `keys`: one `size x size` map per request (row-major, in `keys` order) made into
@@ -80,12 +76,10 @@ impl NodeKind for ServeMaskDecoderKind {
 
     fn build(&self, ctx: &BuildContext<'_>) -> Result<NodeImpl, ParamError> {
         let p: ServeModelParams = parse_params(ctx.params)?;
-        let device = ctx.device.clone().without_autodiff();
-        let init = |cfg: &perceptio_models::perceptio::PerceptioConfig, d: &Device| {
-            cfg.init_seg(d).map_err(|e| ParamError::new("model", e.to_string()))
-        };
-        let (cfg, seg) = load_serving_part(&p, Part::Seg, init, &device)?;
-        Ok(NodeImpl::Node(Box::new(MaskNode { seg, size: cfg.sam2.image_size(), seg_token: specials(&p)?.seg })))
+        let dir = ModelDir::open(&p.model)?;
+        let seg = dir.load(Part::Seg, PerceptioConfig::init_seg, &ctx.device.clone().without_autodiff())?;
+        let seg_token = dir.text()?.specials.seg;
+        Ok(NodeImpl::Node(Box::new(MaskNode { seg, size: dir.cfg.sam2.image_size(), seg_token })))
     }
 }
 
@@ -109,7 +103,7 @@ impl Node for MaskNode {
             .seg
             .mask_probs(hidden, levels, s) // [n, S, S]
             .map_err(|e| e.to_string())
-            .and_then(|p| p.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("{e:?}")));
+            .and_then(host);
         let mask = |probs, size| ServeEvent::Mask { probs, size };
         emit_head_events(out, &keys, probs.map(|v| (s, v)), ("mask decoder", self.seg_token), mask, started)
     }
@@ -140,12 +134,10 @@ impl NodeKind for ServeDepthDecoderKind {
 
     fn build(&self, ctx: &BuildContext<'_>) -> Result<NodeImpl, ParamError> {
         let p: ServeModelParams = parse_params(ctx.params)?;
+        let dir = ModelDir::open(&p.model)?;
         let device = ctx.device.clone().without_autodiff();
-        let init = |cfg: &perceptio_models::perceptio::PerceptioConfig, d: &Device| {
-            cfg.init_vqvae(d).map_err(|e| ParamError::new("model", e.to_string()))
-        };
-        let (_, vqvae) = load_serving_part(&p, Part::VqVae, init, &device)?;
-        Ok(NodeImpl::Node(Box::new(DepthNode { vqvae, d_end: specials(&p)?.d_end, device })))
+        let vqvae = dir.load(Part::VqVae, PerceptioConfig::init_vqvae, &device)?;
+        Ok(NodeImpl::Node(Box::new(DepthNode { vqvae, d_end: dir.text()?.specials.d_end, device })))
     }
 }
 
@@ -185,7 +177,7 @@ impl Node for DepthNode {
             .map_err(|e| e.to_string())
             .and_then(|m| {
                 let d = m.dims()[2];
-                m.into_data().convert::<f32>().try_into_vec::<f32>().map(|v| (d, v)).map_err(|e| format!("{e:?}"))
+                host(m).map(|v| (d, v))
             });
         let depth = |values, size| ServeEvent::Depth { values, size };
         emit_head_events(out, &keys, maps, ("depth decoder", self.d_end), depth, started)

@@ -15,9 +15,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use burn::prelude::*;
 use perceptio_models::perceptio::checkpoint::Part;
 use perceptio_models::perceptio::decode::DecodeEvent;
-use perceptio_models::perceptio::predict::TextSide;
 use perceptio_models::perceptio::stepper::Stepper;
-use perceptio_models::perceptio::{LlmPart, SpecialTokens};
+use perceptio_models::perceptio::{LlmPart, PerceptioConfig};
 use perceptio_runtime::schemas::PortSchema;
 use perceptio_runtime::{
     BuildContext, Frame, Node, NodeError, NodeImpl, NodeKind, NodePorts, Outputs, ParamError, PortContext, PortDecl,
@@ -26,9 +25,9 @@ use perceptio_runtime::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::encoders::{image_port_schema, load_serving_part};
+use super::encoders::image_port_schema;
 use super::prepare::{PreparedRow, read_prepared};
-use super::{ServeHub, ServeModelParams, clock_ns};
+use super::{ModelDir, ServeHub, clock_ns, request_keys};
 use crate::perceptio::common::column;
 
 /// Params of `serve-llm`.
@@ -124,7 +123,7 @@ pub fn generation_frame(rows: &[GenRow]) -> Result<Frame, NodeError> {
 /// Reads the rows of a generation-stream frame; a malformed row fails the frame, naming it.
 pub fn read_generation(frame: &Frame) -> Result<Vec<GenRow>, NodeError> {
     let b = frame.batch();
-    let id = column::<StringArray>(b, "id")?;
+    let keys = request_keys(frame)?;
     let kind = column::<StringArray>(b, "kind")?;
     let token = column::<UInt32Array>(b, "token")?;
     let submitted = column::<UInt64Array>(b, "submitted_ns")?;
@@ -134,8 +133,8 @@ pub fn read_generation(frame: &Frame) -> Result<Vec<GenRow>, NodeError> {
     let error = column::<StringArray>(b, "error")?;
     (0..b.num_rows())
         .map(|r| {
-            let bad = |what: &str| NodeError::msg(format!("generation row {r} (request {}): {what}", id.value(r)));
-            let key = id.value(r).parse().map_err(|_| bad("the id is not a request number"))?;
+            let key = keys[r];
+            let bad = |what: &str| NodeError::msg(format!("generation row {r} (request {key}): {what}"));
             let kind = match kind.value(r) {
                 "token" => GenKind::Token((!token.is_null(r)).then(|| token.value(r)).ok_or_else(|| bad("no token"))?),
                 "seg" => GenKind::Seg,
@@ -186,20 +185,11 @@ impl NodeKind for ServeLlmKind {
 
     fn build(&self, ctx: &BuildContext<'_>) -> Result<NodeImpl, ParamError> {
         let p = checked(ctx.params)?;
-        let device = ctx.device.clone().without_autodiff();
-        let part = ServeModelParams { model: p.model.clone() };
-        let (cfg, llm) = load_serving_part(
-            &part,
-            Part::Llm,
-            |cfg, d| cfg.init_llm(d).map_err(|e| ParamError::new("model", e.to_string())),
-            &device,
-        )?;
-        let text = TextSide::load(&p.model, &cfg)
-            .map_err(|e| ParamError::new("model", format!("{}: {e}", p.model.display())))?;
+        let dir = ModelDir::open(&p.model)?;
+        let llm = dir.load(Part::Llm, PerceptioConfig::init_llm, &ctx.device.clone().without_autodiff())?;
+        let text = dir.text()?;
         Ok(NodeImpl::Node(Box::new(LlmNode {
             llm,
-            specials: text.specials,
-            span_len: text.sequence.span_len,
             max_batch: p.max_batch,
             hub: self.hub.clone(),
             pending: VecDeque::new(),
@@ -228,8 +218,6 @@ struct Running {
 
 struct LlmNode {
     llm: LlmPart,
-    specials: SpecialTokens,
-    span_len: usize,
     max_batch: usize,
     hub: Option<Arc<dyn ServeHub>>,
     pending: VecDeque<Pending>,
@@ -337,17 +325,22 @@ impl LlmNode {
             }
         });
         emit_rows(out, &mut tokens)?;
-        for (tag, hidden) in segs {
-            let Some(r) = self.running.get(&tag) else { continue };
-            let d = hidden.dims()[0];
-            let seg = GenRow { key: r.row.key, submitted_ns: r.row.submitted_ns, kind: GenKind::Seg };
-            out.emit("out", generation_frame(&[seg])?.with_tensor("hidden", hidden.reshape([1, d]))?)?; // [1, d]
+        let (seg_rows, hidden): (Vec<GenRow>, Vec<Tensor<1>>) = segs
+            .into_iter()
+            .filter_map(|(tag, hidden)| {
+                let r = self.running.get(&tag)?;
+                Some((GenRow { key: r.row.key, submitted_ns: r.row.submitted_ns, kind: GenKind::Seg }, hidden))
+            })
+            .unzip();
+        if !seg_rows.is_empty() {
+            let hidden = Tensor::stack::<2>(hidden, 0); // [n, d]
+            out.emit("out", generation_frame(&seg_rows)?.with_tensor("hidden", hidden)?)?;
         }
         let (finished, error) = match result {
             Ok(finished) => (finished.into_iter().map(|(tag, _)| tag).collect::<Vec<_>>(), None),
             Err(e) => {
                 // the batch's state is lost: every running request fails with it
-                self.stepper = Stepper::new(self.specials, self.span_len);
+                self.stepper.drain();
                 let n = self.running.len();
                 (self.running.keys().copied().collect(), Some(format!("decoding its batch of {n}: {e}")))
             }

@@ -155,6 +155,50 @@ pub fn register(registry: &mut Registry, hub: Option<Arc<dyn ServeHub>>) {
     registry.register(events::ServeEventsKind { hub });
 }
 
+/// A serving node's model directory: its config read once, the text side and weights loaded on demand, every
+/// failure a `model` param error that names the directory.
+pub struct ModelDir {
+    pub path: std::path::PathBuf,
+    pub cfg: perceptio_models::perceptio::PerceptioConfig,
+}
+
+impl ModelDir {
+    pub fn open(path: &std::path::Path) -> Result<Self, perceptio_runtime::ParamError> {
+        let cfg = perceptio_models::perceptio::checkpoint::read_config(path).map_err(|e| model_error(path, e))?;
+        Ok(Self { path: path.to_path_buf(), cfg })
+    }
+
+    /// Tokenizer, special tokens and sequence limits.
+    pub fn text(&self) -> Result<perceptio_models::perceptio::predict::TextSide, perceptio_runtime::ParamError> {
+        perceptio_models::perceptio::predict::TextSide::load(&self.path, &self.cfg)
+            .map_err(|e| model_error(&self.path, e))
+    }
+
+    /// One part's weights, initialised by `init` (e.g. `PerceptioConfig::init_seg`) on `device` and then loaded.
+    pub fn load<M: burn::module::Module + burn_store::ModuleSnapshot>(
+        &self,
+        part: perceptio_models::perceptio::checkpoint::Part,
+        init: impl FnOnce(
+            &perceptio_models::perceptio::PerceptioConfig,
+            &burn::tensor::Device,
+        ) -> Result<M, perceptio_models::perceptio::ModelError>,
+        device: &burn::tensor::Device,
+    ) -> Result<M, perceptio_runtime::ParamError> {
+        let fresh = init(&self.cfg, device).map_err(|e| model_error(&self.path, e))?;
+        perceptio_models::perceptio::checkpoint::load_part(&self.path, part, fresh)
+            .map_err(|e| model_error(&self.path, e))
+    }
+}
+
+fn model_error(path: &std::path::Path, e: impl std::fmt::Display) -> perceptio_runtime::ParamError {
+    perceptio_runtime::ParamError::new("model", format!("{}: {e}", path.display()))
+}
+
+/// The columns of a frame that only names requests.
+pub fn id_schema() -> Schema {
+    Schema::new(vec![Field::new("id", DataType::Utf8, false)])
+}
+
 /// Params of a serving node that loads (part of) a model directory.
 #[derive(Debug, Clone, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

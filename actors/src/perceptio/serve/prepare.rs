@@ -9,7 +9,6 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, ListBuilder, RecordBatch, StringArray, UInt32Array, UInt32Builder, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use burn::prelude::*;
-use perceptio_models::perceptio::checkpoint::read_config;
 use perceptio_models::perceptio::image::encoder_input;
 use perceptio_models::perceptio::predict::{Query, TextSide};
 use perceptio_runtime::node::error_port_schema;
@@ -23,7 +22,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::requests::request_port_schema;
-use super::{ImageInput, read_requests};
+use super::{ImageInput, ModelDir, read_requests, request_keys};
 use crate::perceptio::common::column;
 
 /// Params of `serve-prepare`.
@@ -102,16 +101,13 @@ pub struct PreparedRow {
 /// Reads the rows of a prepared frame. A missing column or an id that is not a request number fails the frame.
 pub fn read_prepared(frame: &Frame) -> Result<Vec<PreparedRow>, NodeError> {
     let b = frame.batch();
-    let id = column::<StringArray>(b, "id")?;
+    let keys = request_keys(frame)?;
     let prompt = column::<arrow::array::ListArray>(b, "prompt")?;
     let max_new = column::<UInt32Array>(b, "max_new_tokens")?;
     let submitted = column::<UInt64Array>(b, "submitted_ns")?;
     (0..b.num_rows())
         .map(|r| {
-            let key = id
-                .value(r)
-                .parse()
-                .map_err(|_| NodeError::msg(format!("row {r}: id `{}` is not a request number", id.value(r))))?;
+            let key = keys[r];
             let ids = prompt.value(r);
             let ids = ids
                 .as_any()
@@ -155,13 +151,11 @@ impl NodeKind for ServePrepareKind {
 
     fn build(&self, ctx: &BuildContext<'_>) -> Result<NodeImpl, ParamError> {
         let p = checked(ctx.params)?;
-        let at = |e: &dyn std::fmt::Display| ParamError::new("model", format!("{}: {e}", p.model.display()));
-        let cfg = read_config(&p.model).map_err(|e| at(&e))?;
-        let text = TextSide::load(&p.model, &cfg).map_err(|e| at(&e))?;
+        let dir = ModelDir::open(&p.model)?;
         Ok(NodeImpl::Node(Box::new(PrepareNode {
-            text,
-            vision_size: cfg.vlm.vision.image_size,
-            sam_size: cfg.sam2.image_size(),
+            text: dir.text()?,
+            vision_size: dir.cfg.vlm.vision.image_size,
+            sam_size: dir.cfg.sam2.image_size(),
             max_new_tokens: p.max_new_tokens,
             device: ctx.device.clone().without_autodiff(),
         })))

@@ -12,7 +12,6 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, BooleanArray, ListBuilder, RecordBatch, StringArray, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Schema};
 use burn::prelude::*;
-use perceptio_models::perceptio::checkpoint::read_config;
 use perceptio_models::perceptio::predict::TextSide;
 use perceptio_models::perceptio::sequence::parse_answer;
 use perceptio_runtime::schemas::PortSchema;
@@ -24,8 +23,8 @@ use perceptio_runtime::{
 use super::event_port_schema;
 use super::llm::{GenKind, generation_port_schema, read_generation};
 use super::{
-    EventExtra, FOLLOWS_DEPTH, FOLLOWS_MASK, ServeAnswer, ServeEvent, ServeModelParams, ServeTimings, clock_ns,
-    event_frame_with,
+    EventExtra, FOLLOWS_DEPTH, FOLLOWS_MASK, ModelDir, ServeAnswer, ServeEvent, ServeModelParams, ServeTimings,
+    clock_ns, event_frame_with,
 };
 
 /// The columns of the `seg` output: a request and whether this row carries its `[SEG]` state (frames of such
@@ -69,9 +68,7 @@ impl NodeKind for ServeRouterKind {
 
     fn build(&self, ctx: &BuildContext<'_>) -> Result<NodeImpl, ParamError> {
         let p: ServeModelParams = parse_params(ctx.params)?;
-        let at = |e: &dyn std::fmt::Display| ParamError::new("model", format!("{}: {e}", p.model.display()));
-        let cfg = read_config(&p.model).map_err(|e| at(&e))?;
-        let text = TextSide::load(&p.model, &cfg).map_err(|e| at(&e))?;
+        let text = ModelDir::open(&p.model)?.text()?;
         Ok(NodeImpl::Node(Box::new(RouterNode { text, requests: HashMap::new() })))
     }
 }
@@ -87,21 +84,6 @@ struct Generating {
 struct RouterNode {
     text: TextSide,
     requests: HashMap<u64, Generating>,
-}
-
-impl RouterNode {
-    /// The codes of the span `ids` ends with, when `ids` just closed a span of exactly N codes.
-    fn closed_span(&self, ids: &[u32]) -> Option<Vec<u32>> {
-        let sp = &self.text.specials;
-        let n = self.text.sequence.span_len;
-        let (&last, body) = ids.split_last()?;
-        if last != sp.d_end || body.len() < n + 1 {
-            return None;
-        }
-        let (head, codes) = body.split_at(body.len() - n);
-        (head.last() == Some(&sp.d_start) && codes.iter().all(|&c| sp.is_code(c)))
-            .then(|| codes.iter().map(|&c| c - sp.code0).collect())
-    }
 }
 
 fn codes_frame(rows: &[(u64, Vec<u32>)]) -> Result<Frame, NodeError> {
@@ -136,14 +118,13 @@ impl Node for RouterNode {
                 GenKind::Token(id) => {
                     let r = self.requests.entry(key).or_default();
                     r.ids.push(id);
-                    let closed = if id == self.text.specials.d_end && !r.codes_sent {
-                        self.closed_span(&self.requests[&key].ids)
-                    } else {
-                        None
-                    };
-                    if let Some(codes) = closed {
-                        spans.push((key, codes));
-                        self.requests.entry(key).or_default().codes_sent = true;
+                    if id == self.text.specials.d_end && !r.codes_sent {
+                        // the span just closed: on with its codes when it holds exactly N
+                        let parsed = parse_answer(&self.text.tokenizer, &self.text.specials, &r.ids);
+                        if let Some(codes) = parsed.codes.filter(|c| c.len() == self.text.sequence.span_len) {
+                            r.codes_sent = true;
+                            spans.push((key, codes));
+                        }
                     }
                     events.push((key, ServeEvent::Token { text: self.text.piece(id), id }));
                     extras.push(EventExtra::default());

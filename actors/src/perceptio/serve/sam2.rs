@@ -10,10 +10,10 @@
 use std::collections::HashMap;
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+
 use burn::prelude::*;
-use perceptio_models::perceptio::SegPart;
 use perceptio_models::perceptio::checkpoint::Part;
+use perceptio_models::perceptio::{PerceptioConfig, SegPart};
 use perceptio_runtime::schemas::PortSchema;
 use perceptio_runtime::schemas::port::{TensorKind, TensorSpec};
 use perceptio_runtime::{
@@ -24,10 +24,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use std::sync::Arc;
 
-use super::encoders::load_serving_part;
 use super::prepare::prepared_port_schema;
 use super::router::seg_request_schema;
-use super::{ServeModelParams, request_keys};
+use super::{ModelDir, id_schema, request_keys};
 use crate::perceptio::common::column;
 
 /// Params of `serve-sam2-encoder`.
@@ -44,8 +43,7 @@ pub struct ServeSam2Params {
 
 /// What goes to the mask decoder: a request, its `[SEG]` state `hidden` `[n, d]` and its FPN maps `fpn0..2`.
 pub fn seg_features_port_schema() -> PortSchema {
-    let mut s = PortSchema::from_arrow(&Schema::new(vec![Field::new("id", DataType::Utf8, false)]))
-        .with_tensor(TensorSpec::new("hidden", TensorKind::Float, 2));
+    let mut s = PortSchema::from_arrow(&id_schema()).with_tensor(TensorSpec::new("hidden", TensorKind::Float, 2));
     for name in ["fpn0", "fpn1", "fpn2"] {
         s = s.with_tensor(TensorSpec::new(name, TensorKind::Float, 4));
     }
@@ -81,11 +79,7 @@ impl NodeKind for ServeSam2EncoderKind {
     fn build(&self, ctx: &BuildContext<'_>) -> Result<NodeImpl, ParamError> {
         let p: ServeSam2Params = parse_params(ctx.params)?;
         let device = ctx.device.clone().without_autodiff();
-        let part = ServeModelParams { model: p.model.clone() };
-        let init = |cfg: &perceptio_models::perceptio::PerceptioConfig, d: &Device| {
-            cfg.init_seg(d).map_err(|e| ParamError::new("model", e.to_string()))
-        };
-        let (_, seg) = load_serving_part(&part, Part::Seg, init, &device)?;
+        let seg = ModelDir::open(&p.model)?.load(Part::Seg, PerceptioConfig::init_seg, &device)?;
         Ok(NodeImpl::Node(Box::new(Sam2Node { seg, eager: p.eager, images: HashMap::new(), states: HashMap::new() })))
     }
 }
@@ -98,7 +92,7 @@ enum Kept {
     /// `sam_pixels` `[1, 3, S, S]` (lazy).
     Pixels(Tensor<4>),
     /// The FPN maps (eager).
-    Features(Levels),
+    Features(Box<Levels>),
 }
 
 struct Sam2Node {
@@ -129,7 +123,7 @@ impl Sam2Node {
                 Kept::Features(l) => {
                     keys.push(key);
                     hidden.push(h);
-                    levels.push(l);
+                    levels.push(*l);
                 }
                 Kept::Pixels(p) => {
                     lazy_keys.push(key);
@@ -150,7 +144,7 @@ impl Sam2Node {
             }
         }
         let [f0, f1, f2] = per_level.map(|l| Tensor::cat(l, 0)); // [n, C, H, W] each
-        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
+        let schema = Arc::new(id_schema());
         let ids: ArrayRef = Arc::new(StringArray::from_iter_values(keys.iter().map(u64::to_string)));
         let frame = Frame::new(RecordBatch::try_new(schema, vec![ids])?)
             .with_tensor("hidden", Tensor::cat(hidden, 0))? // [n, d]
@@ -168,7 +162,7 @@ impl Node for Sam2Node {
         if port == "in" {
             let pixels: Tensor<4> = frame.tensor("sam_pixels")?; // [B, 3, S, S]
             let kept: Vec<Kept> = if self.eager {
-                self.encode(pixels)?.into_iter().map(Kept::Features).collect()
+                self.encode(pixels)?.into_iter().map(|l| Kept::Features(Box::new(l))).collect()
             } else {
                 (0..keys.len()).map(|i| Kept::Pixels(pixels.clone().narrow(0, i, 1))).collect() // [1, 3, S, S]
             };
