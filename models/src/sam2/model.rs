@@ -58,13 +58,19 @@ impl Sam2Config {
     pub fn init(&self, device: &Device) -> Result<Sam2, Sam2Error> {
         self.validate()?;
         let c = self.mask_decoder_config.hidden_size;
+        let shared_image_embedding = PositionalEmbedding::new(c, device);
+        let mut prompt_encoder = PromptEncoder::new(&self.prompt_encoder_config, device);
+        // Tied as in the reference (`prompt_encoder.shared_embedding` is `shared_image_embedding`): with two
+        // independent matrices a point's embedding lives in another Fourier basis than the image positions and
+        // the decoder cannot tell where the point is (a fresh model then only learns to segment all objects).
+        prompt_encoder.shared_embedding = shared_image_embedding.same_matrix();
         Ok(Sam2 {
-            shared_image_embedding: PositionalEmbedding::new(c, device),
+            shared_image_embedding,
             vision_encoder: VisionEncoder {
                 backbone: self.vision_config.backbone_config.init(device),
                 neck: FpnNeck::new(&self.vision_config, device),
             },
-            prompt_encoder: PromptEncoder::new(&self.prompt_encoder_config, device),
+            prompt_encoder,
             mask_decoder: MaskDecoder::new(&self.mask_decoder_config, device),
             no_memory_embedding: Param::from_tensor(Tensor::zeros([1, 1, c], device)),
             image_size: self.image_size(),
@@ -223,4 +229,49 @@ pub fn upsample_masks(masks: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
         masks,
         InterpolateOptions::new(InterpolateMode::Bilinear).with_output_size(size).with_align_corners(false),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor};
+
+    use super::super::config::Sam2Config;
+
+    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    /// A point at the centre of image-embedding cell (x, y) gets exactly the image positional embedding of that
+    /// cell, and the embedding of a point elsewhere differs: the prompt side and the image side share one basis.
+    #[test]
+    fn a_fresh_model_embeds_points_in_the_image_positional_basis() {
+        let device = Device::flex();
+        let sam = Sam2Config::tiny().init(&device).unwrap();
+        let e = sam.prompt_encoder.embedding_size;
+        let image_pe = sam.image_positional_embeddings(); // [1, C, e, e]
+        let c = image_pe.dims()[1];
+        let (x, y) = (5usize, 2usize);
+        let cell = host(image_pe.clone().slice([0..1, 0..c, y..y + 1, x..x + 1]));
+        let coords = |cx: f32, cy: f32| {
+            Tensor::<1>::from_data([(cx + 0.5) / e as f32, (cy + 0.5) / e as f32].as_slice(), &device).reshape([1, 2])
+        };
+        let point = host(sam.prompt_encoder.shared_embedding.forward(coords(x as f32, y as f32)));
+        let max_diff = cell.iter().zip(&point).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(max_diff < 1e-5, "point and image embeddings differ by {max_diff}");
+        let other = host(sam.prompt_encoder.shared_embedding.forward(coords(1.0, 6.0)));
+        let far = cell.iter().zip(&other).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(far > 0.1, "a point three cells away embeds like this cell ({far})");
+    }
+
+    /// The Fourier matrix is a fixed buffer: a loss through both embeddings leaves it without a gradient.
+    #[test]
+    fn the_fourier_matrix_gets_no_gradient() {
+        let device = Device::flex().autodiff();
+        let sam = Sam2Config::tiny().init(&device).unwrap();
+        let coords = Tensor::<2>::from_data([[0.3f32, 0.7]], &device);
+        let loss = sam.prompt_encoder.shared_embedding.forward(coords).sum() + sam.image_positional_embeddings().sum();
+        let grads = loss.backward();
+        assert!(sam.shared_image_embedding.positional_embedding.grad(&grads).is_none());
+        assert!(sam.prompt_encoder.shared_embedding.positional_embedding.grad(&grads).is_none());
+    }
 }

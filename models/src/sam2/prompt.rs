@@ -13,13 +13,21 @@ use burn::tensor::{Device, Tensor};
 
 use super::config::PromptEncoderConfig;
 
-/// Random Fourier features of 2-D coordinates (`positional_embedding` is `[2, C/2]`).
+/// Random Fourier features of 2-D coordinates (`positional_embedding` is `[2, C/2]`). The matrix is a fixed
+/// random buffer in the reference: it is never trained (no gradient reaches it), and the prompt encoder's copy
+/// must equal the image-side copy, or a point's embedding cannot be matched with the image positions it lies on.
 #[derive(Module, Debug)]
 pub struct PositionalEmbedding {
     pub positional_embedding: Param<Tensor<2>>,
 }
 
 impl PositionalEmbedding {
+    /// Another embedding with the same matrix (its own parameter).
+    pub fn same_matrix(&self) -> Self {
+        Self { positional_embedding: Param::from_tensor(self.positional_embedding.val()) }
+    }
+
+    /// A fresh N(0, 1) matrix for width `hidden`.
     pub fn new(hidden: usize, device: &Device) -> Self {
         Self {
             positional_embedding: Param::from_tensor(Tensor::random(
@@ -32,7 +40,7 @@ impl PositionalEmbedding {
 
     /// Coordinates in [0, 1] `[..., 2]` (x, y) -> `[..., C]` = [sin, cos] of 2π (2c - 1) G.
     pub fn forward<const D: usize>(&self, coords: Tensor<D>) -> Tensor<D> {
-        let g = self.positional_embedding.val(); // [2, C/2]
+        let g = self.positional_embedding.val().detach(); // [2, C/2]
         let dims = coords.dims();
         let rows: usize = dims[..D - 1].iter().product();
         let c = coords.mul_scalar(2.0).sub_scalar(1.0).reshape([rows, 2]); // [R, 2]
