@@ -82,6 +82,11 @@ pub struct PromptEncoderConfig {
     pub num_point_embeddings: usize,
     #[config(default = 1e-6)]
     pub layer_norm_eps: f64,
+    /// Standard deviation of the random Fourier matrix at initialisation (transformers' `scale`). Checkpoints
+    /// carry the matrix itself; this only shapes a fresh model: the larger, the finer the positions a point
+    /// prompt can tell apart.
+    #[config(default = 1.0)]
+    pub scale: f64,
 }
 
 /// `mask_decoder_config`.

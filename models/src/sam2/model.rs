@@ -58,7 +58,7 @@ impl Sam2Config {
     pub fn init(&self, device: &Device) -> Result<Sam2, Sam2Error> {
         self.validate()?;
         let c = self.mask_decoder_config.hidden_size;
-        let shared_image_embedding = PositionalEmbedding::new(c, device);
+        let shared_image_embedding = PositionalEmbedding::new(c, self.prompt_encoder_config.scale, device);
         let mut prompt_encoder = PromptEncoder::new(&self.prompt_encoder_config, device);
         // Tied as in the reference (`prompt_encoder.shared_embedding` is `shared_image_embedding`): with two
         // independent matrices a point's embedding lives in another Fourier basis than the image positions and
@@ -273,5 +273,23 @@ mod tests {
         let grads = loss.backward();
         assert!(sam.shared_image_embedding.positional_embedding.grad(&grads).is_none());
         assert!(sam.prompt_encoder.shared_embedding.positional_embedding.grad(&grads).is_none());
+    }
+
+    /// `prompt_encoder_config.scale` (transformers' field) sets the spread of a fresh Fourier matrix.
+    #[test]
+    fn the_fourier_scale_comes_from_the_config() {
+        let device = Device::flex();
+        let std_of = |scale: f64| {
+            let mut cfg = Sam2Config::tiny();
+            cfg.prompt_encoder_config.scale = scale;
+            let v = host(cfg.init(&device).unwrap().shared_image_embedding.positional_embedding.val());
+            (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt()
+        };
+        let (one, four) = (std_of(1.0), std_of(4.0));
+        assert!((0.6..1.5).contains(&one), "scale 1 gave std {one}");
+        assert!((2.4..6.0).contains(&four), "scale 4 gave std {four}");
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sam2/config.json");
+        let cfg = Sam2Config::from_json_file(std::path::Path::new(fixture)).unwrap();
+        assert_eq!(cfg.prompt_encoder_config.scale, 1.0, "the fixture's transformers config says scale 1");
     }
 }

@@ -27,12 +27,12 @@ impl PositionalEmbedding {
         Self { positional_embedding: Param::from_tensor(self.positional_embedding.val()) }
     }
 
-    /// A fresh N(0, 1) matrix for width `hidden`.
-    pub fn new(hidden: usize, device: &Device) -> Self {
+    /// A fresh N(0, scale^2) matrix for width `hidden`.
+    pub fn new(hidden: usize, scale: f64, device: &Device) -> Self {
         Self {
             positional_embedding: Param::from_tensor(Tensor::random(
                 [2, hidden / 2],
-                burn::tensor::Distribution::Normal(0.0, 1.0),
+                burn::tensor::Distribution::Normal(0.0, scale),
                 device,
             )),
         }
@@ -111,7 +111,7 @@ impl PromptEncoder {
         let ln = |d| LayerNormConfig::new(d).with_epsilon(cfg.layer_norm_eps).init(device);
         let conv = |i, o, k| Conv2dConfig::new([i, o], [k, k]).with_stride([k, k]).init(device);
         Self {
-            shared_embedding: PositionalEmbedding::new(c, device),
+            shared_embedding: PositionalEmbedding::new(c, cfg.scale, device),
             mask_embed: MaskEmbedding {
                 conv1: conv(1, m / 4, 2),
                 layer_norm1: ln(m / 4),
