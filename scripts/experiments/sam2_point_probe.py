@@ -15,7 +15,8 @@ Measured on 2026-11-24 (2 CPU cores), IoU after 200-1000 steps:
 - point prompt: 0.47-0.50 (1000 steps); the same with a 256-wide decoder with 8 heads (H=256 HEADS=8),
   LR=1e-2, Fourier scale 4 (SC=4), random colours (COL=1), SAM's min-over-three multimask loss (MM=1),
   attention downsampling 1 (ADR=1), a frozen encoder (FREEZE_ENC=1), SAM's focal 20 + Dice 1 loss (LOSS=focal),
-  Adam eps 1e-16 (EPS=1e-16), and PyTorch's default init instead of transformers' N(0, 0.02) (INIT=torch);
+  Adam eps 1e-16 (EPS=1e-16), PyTorch's default init instead of transformers' N(0, 0.02) (INIT=torch), and
+  every decoder attention starting with k_proj = q_proj (QK=tied, also with INIT=torch);
 - BLANK=1 (point only): 0.00 after 1000 steps (focal loss), the mask never appears;
 - PROMPT=colour: 0.46-0.47 after 300 steps (also with H=128 HEADS=4).
 Our burn implementation behaves the same way (two squares: 0.49 after 600 steps). With transformers' init the
@@ -24,7 +25,7 @@ initial mask logits are about 1e-5 and the attention projections get gradients o
 Run with the pinned venv (scripts/fixtures/setup-venv.sh):
     /work/.venv-perceptio/bin/python scripts/experiments/sam2_point_probe.py [steps]
 Environment: H, HEADS, ADR, SC (an integer), LR, EPS, SEED, INIT=torch, COL=1, BLANK=1, MM=1, LOSS=focal,
-FREEZE_ENC=1, PROMPT=colour.
+FREEZE_ENC=1, PROMPT=colour, QK=tied.
 """
 
 import os
@@ -61,6 +62,14 @@ def build():
         for module in model.modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 module.reset_parameters()
+    if os.environ.get("QK") == "tied":
+        # every decoder attention starts with k_proj = q_proj, so q.k is a positive kernel on the positional
+        # encodings added to both sides: a point token is attended most by the pixels it lies on
+        for name, module in model.mask_decoder.named_modules():
+            if hasattr(module, "q_proj") and hasattr(module, "k_proj"):
+                with torch.no_grad():
+                    module.k_proj.weight.copy_(module.q_proj.weight)
+                    module.k_proj.bias.copy_(module.q_proj.bias)
     if os.environ.get("FREEZE_ENC"):
         model.vision_encoder.requires_grad_(False)
     with torch.no_grad():
