@@ -97,6 +97,9 @@ pub struct SynthConfig {
     /// Samples per scene for each task (a scene may yield fewer when no valid sample exists).
     pub referring_per_scene: u32,
     pub points_per_scene: u32,
+    /// Point questions per validation or test scene (0: `points_per_scene`). More held-out questions make the
+    /// point accuracies less noisy without changing what training sees.
+    pub eval_points_per_scene: u32,
     pub depth_per_scene: u32,
     pub vqa_per_scene: u32,
     /// Share of referring expressions (and VQA questions) that need depth: "closest to the camera", "behind".
@@ -127,6 +130,7 @@ impl Default for SynthConfig {
             tasks: TaskKind::ALL.to_vec(),
             referring_per_scene: 2,
             points_per_scene: 1,
+            eval_points_per_scene: 0,
             depth_per_scene: 1,
             vqa_per_scene: 2,
             depth_expression_share: 0.5,
@@ -179,7 +183,18 @@ impl SynthConfig {
         Ok(())
     }
 
-    /// Samples this config asks for per scene, per task.
+    /// Samples this config asks for per scene of a validation or test split (`held_out`) or of the training
+    /// split, per task.
+    pub fn per_scene_in(&self, task: TaskKind, held_out: bool) -> u32 {
+        match task {
+            TaskKind::Points if held_out && self.eval_points_per_scene > 0 && self.tasks.contains(&task) => {
+                self.eval_points_per_scene
+            }
+            _ => self.per_scene(task),
+        }
+    }
+
+    /// Samples this config asks for per training scene, per task.
     pub fn per_scene(&self, task: TaskKind) -> u32 {
         if !self.tasks.contains(&task) {
             return 0;

@@ -80,7 +80,8 @@ pub fn generate_scene(cfg: &SynthConfig, seed: u64, index: u64) -> SceneRecord {
     let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(seed, index, 0));
     let scene = sample_scene(&mut rng, &cfg.scene, cfg.size, cfg.size);
     let rendered = render(&scene, cfg.antialias);
-    let samples = scene_samples(&scene, &rendered, cfg, seed, index);
+    let held_out = !split_range(cfg, Split::Train).contains(&index);
+    let samples = scene_samples(&scene, &rendered, cfg, seed, index, held_out);
     SceneRecord { index, scene, rendered, samples }
 }
 

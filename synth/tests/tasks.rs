@@ -161,3 +161,24 @@ fn vqa_answers_agree_with_the_scene_and_depth_rows_ask_for_depth() {
         assert!(kinds.get(k).copied().unwrap_or(0) > 10, "{kinds:?}");
     }
 }
+
+#[test]
+fn held_out_scenes_get_eval_points_per_scene_point_questions() {
+    // 20 scenes: 0..16 train, 16..18 validation, 18..20 test
+    let config = SynthConfig { scenes: 20, eval_points_per_scene: 3, ..cfg() };
+    let points = |i: u64| generate_scene(&config, 4, i).samples.iter().filter(|s| s.task == TaskKind::Points).count();
+    let train: Vec<usize> = (0..16).map(points).collect();
+    let held_out: Vec<usize> = (16..20).map(points).collect();
+    assert!(train.iter().all(|&n| n <= 1), "training scenes keep points_per_scene = 1: {train:?}");
+    assert!(held_out.iter().all(|&n| n <= 3), "{held_out:?}");
+    assert!(held_out.iter().sum::<usize>() >= 9, "held-out scenes ask three point questions each: {held_out:?}");
+    // the training split is the same rows as without the setting
+    let plain = SynthConfig { scenes: 20, ..cfg() };
+    for i in 0..16 {
+        let (a, b) = (generate_scene(&config, 4, i).samples, generate_scene(&plain, 4, i).samples);
+        assert_eq!(a.len(), b.len());
+        assert!(a.iter().zip(&b).all(|(x, y)| x.question == y.question && x.answer == y.answer));
+    }
+    // 0 means "as many as points_per_scene"
+    assert_eq!(SynthConfig { eval_points_per_scene: 0, ..cfg() }.per_scene_in(TaskKind::Points, true), 1);
+}

@@ -84,20 +84,22 @@ pub fn margins(size: u32) -> Margins {
     Margins { side_px: (size as f32 * 0.06).max(2.0), depth_ratio: 1.15 }
 }
 
-/// Every sample of one scene, in a fixed task order.
+/// Every sample of one scene, in a fixed task order (`held_out`: the scene belongs to the validation or test
+/// split).
 pub fn scene_samples(
     scene: &Scene,
     rendered: &Rendered,
     cfg: &SynthConfig,
     seed: u64,
     scene_index: u64,
+    held_out: bool,
 ) -> Vec<Sample> {
     let infos = object_infos(scene, rendered);
     let m = margins(cfg.size);
     let min_px = cfg.min_visible_pixels();
     let mut out = Vec::new();
     for task in TaskKind::ALL {
-        let n = cfg.per_scene(task);
+        let n = cfg.per_scene_in(task, held_out);
         if n == 0 {
             continue;
         }
