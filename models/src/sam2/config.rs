@@ -220,6 +220,10 @@ impl Sam2Config {
     pub fn validate(&self) -> Result<(), Sam2Error> {
         let t = &self.vision_config.backbone_config;
         let err = |field: &'static str, reason: String| Err(Sam2Error::Config { field, reason });
+        let scale = self.prompt_encoder_config.scale;
+        if !(scale.is_finite() && scale > 0.0) {
+            return err("prompt_encoder_config.scale", format!("{scale} is not a positive number"));
+        }
         let stages = t.blocks_per_stage.len();
         if stages == 0
             || t.embed_dim_per_stage.len() != stages

@@ -61,8 +61,7 @@ impl Sam2Config {
         let shared_image_embedding = PositionalEmbedding::new(c, self.prompt_encoder_config.scale, device);
         let mut prompt_encoder = PromptEncoder::new(&self.prompt_encoder_config, device);
         // Tied as in the reference (`prompt_encoder.shared_embedding` is `shared_image_embedding`): with two
-        // independent matrices a point's embedding lives in another Fourier basis than the image positions and
-        // the decoder cannot tell where the point is (a fresh model then only learns to segment all objects).
+        // independent matrices a point's embedding lives in another Fourier basis than the image positions.
         prompt_encoder.shared_embedding = shared_image_embedding.same_matrix();
         Ok(Sam2 {
             shared_image_embedding,
@@ -290,6 +289,9 @@ mod tests {
         assert!((2.4..6.0).contains(&four), "scale 4 gave std {four}");
         let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sam2/config.json");
         let cfg = Sam2Config::from_json_file(std::path::Path::new(fixture)).unwrap();
-        assert_eq!(cfg.prompt_encoder_config.scale, 1.0, "the fixture's transformers config says scale 1");
+        assert_eq!(cfg.prompt_encoder_config.scale, 1.0, "transformers' config.json (with `scale`) parses");
+        let mut bad = Sam2Config::tiny();
+        bad.prompt_encoder_config.scale = 0.0;
+        assert!(bad.init(&device).is_err(), "a zero scale is a config error");
     }
 }
