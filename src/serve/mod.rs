@@ -23,8 +23,9 @@
 //! - Batching: the LLM node decodes up to `max_batch` requests together, continuously: a request joins the running
 //!   batch at the next decode step and leaves it when it stops. When nothing runs, requests that arrive within
 //!   `batch_window_ms` of each other start together (or as soon as `max_batch` wait).
-//! - Events: `Token` as decoded; `Mask` right after the `[SEG]` token (the SAM2 encoder ran beside the LLM, so
-//!   only the mask decoder is left); `Depth` right after `<d_end>` closes the span; then `Done` with the answer and
+//! - Events: `Token` as decoded; `Mask` right after the `[SEG]` token (the SAM2 encoder encodes the request's
+//!   image when its `[SEG]` state arrives, or beside the LLM with `eager: true`, then the mask decoder runs);
+//!   `Depth` right after `<d_end>` closes the span; then `Done` with the answer and
 //!   timings (`mask` and `depth` are the heads' decode times). A malformed image, an over-long prompt or a
 //!   model failure ends that request with `Error`; the others go on.
 //! - The model runs on the graph's own threads, never on the async runtime's workers.

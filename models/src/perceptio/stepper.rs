@@ -102,10 +102,14 @@ impl Stepper {
             let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [keep.len()]), &last.device());
             self.last = Some(last.select(0, idx)); // [B', 1, d]
         }
+        let mut kept_at = vec![false; self.rows.len()];
+        for &i in keep {
+            kept_at[i] = true;
+        }
         let mut finished = Vec::new();
         let mut kept = Vec::with_capacity(keep.len());
         for (i, row) in std::mem::take(&mut self.rows).into_iter().enumerate() {
-            if keep.contains(&i) {
+            if kept_at[i] {
                 kept.push(row);
             } else {
                 finished.push((row.tag, row.out));

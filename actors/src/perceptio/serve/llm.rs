@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use super::encoders::image_port_schema;
 use super::prepare::{PreparedRow, read_prepared};
-use super::{ModelDir, ServeHub, clock_ns, request_keys};
+use super::{ModelDir, ServeHub, clock_ns, id_field, request_keys};
 use crate::perceptio::common::column;
 
 /// Params of `serve-llm`.
@@ -76,7 +76,7 @@ pub struct GenRow {
 /// The columns of the generation stream.
 pub fn generation_schema() -> Schema {
     Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
+        id_field(),
         Field::new("kind", DataType::Utf8, false),
         Field::new("token", DataType::UInt32, true),
         Field::new("submitted_ns", DataType::UInt64, false),
@@ -251,11 +251,12 @@ fn end_row(row: &PreparedRow, admitted_ns: u64, batch_size: u32, error: Option<S
     }
 }
 
-impl LlmNode {
-    fn cancelled(&self, key: u64) -> bool {
-        self.hub.as_ref().is_some_and(|h| h.is_cancelled(key))
-    }
+/// Whether the hub (when there is one) has cancelled request `key`.
+fn is_cancelled(hub: &Option<Arc<dyn ServeHub>>, key: u64) -> bool {
+    hub.as_ref().is_some_and(|h| h.is_cancelled(key))
+}
 
+impl LlmNode {
     /// Whether pending requests may join now: a batch is running (they join between its steps), a `Flush` came
     /// (the batch window closed), or a full batch is waiting.
     fn may_admit(&self) -> bool {
@@ -275,7 +276,7 @@ impl LlmNode {
         while joining.len() + self.stepper.len() < self.max_batch
             && let Some(p) = self.pending.pop_front()
         {
-            if self.cancelled(p.row.key) {
+            if is_cancelled(&self.hub, p.row.key) {
                 ends.push(end_row(&p.row, now, 0, None));
             } else {
                 joining.push(p);
@@ -309,19 +310,18 @@ impl LlmNode {
     fn decode_step(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
         let mut tokens: Vec<GenRow> = Vec::new();
         let mut segs: Vec<(usize, Tensor<1>)> = Vec::new();
-        let hub = self.hub.clone();
-        let cancelled = |key: u64| hub.as_ref().is_some_and(|h| h.is_cancelled(key));
+        let hub = &self.hub;
         let running = &mut self.running;
         let result = self.stepper.step(&self.llm, &mut |event| match event {
             DecodeEvent::Token { row, id } => {
                 let Some(r) = running.get_mut(&row) else { return false };
                 r.generated += 1;
                 tokens.push(GenRow { key: r.row.key, submitted_ns: r.row.submitted_ns, kind: GenKind::Token(id) });
-                r.generated < r.row.max_new_tokens && !cancelled(r.row.key)
+                r.generated < r.row.max_new_tokens && !is_cancelled(hub, r.row.key)
             }
             DecodeEvent::SegHidden { row, hidden } => {
                 segs.push((row, hidden.clone()));
-                running.get(&row).is_some_and(|r| !cancelled(r.row.key))
+                running.get(&row).is_some_and(|r| !is_cancelled(hub, r.row.key))
             }
         });
         emit_rows(out, &mut tokens)?;

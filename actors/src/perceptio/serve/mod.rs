@@ -194,9 +194,14 @@ fn model_error(path: &std::path::Path, e: impl std::fmt::Display) -> perceptio_r
     perceptio_runtime::ParamError::new("model", format!("{}: {e}", path.display()))
 }
 
+/// The `id` column every serving frame starts with: the request number as text (read by [`request_keys`]).
+pub fn id_field() -> Field {
+    Field::new("id", DataType::Utf8, false)
+}
+
 /// The columns of a frame that only names requests.
 pub fn id_schema() -> Schema {
-    Schema::new(vec![Field::new("id", DataType::Utf8, false)])
+    Schema::new(vec![id_field()])
 }
 
 /// Params of a serving node that loads (part of) a model directory.
@@ -241,7 +246,7 @@ fn detached(kind: &str) -> perceptio_runtime::ParamError {
 /// The columns of a request frame.
 pub fn request_schema() -> Schema {
     Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
+        id_field(),
         Field::new("image", DataType::Binary, false),
         Field::new("format", DataType::Utf8, false),
         Field::new("width", DataType::UInt32, false),
@@ -339,7 +344,7 @@ pub fn read_requests(frame: &Frame) -> Result<Vec<RequestRow>, NodeError> {
 pub fn event_schema() -> Schema {
     let list = |item: DataType| DataType::List(Arc::new(Field::new("item", item, true)));
     Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
+        id_field(),
         Field::new("event", DataType::Utf8, false),
         Field::new("token", DataType::UInt32, true),
         Field::new("text", DataType::Utf8, true),

@@ -22,7 +22,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::requests::request_port_schema;
-use super::{ImageInput, ModelDir, read_requests, request_keys};
+use super::{ImageInput, ModelDir, id_field, read_requests, request_keys};
 use crate::perceptio::common::column;
 
 /// Params of `serve-prepare`.
@@ -52,7 +52,7 @@ fn checked(params: &serde_json::Value) -> Result<ServePrepareParams, ParamError>
 pub fn prepared_schema() -> Schema {
     let list = DataType::List(Arc::new(Field::new("item", DataType::UInt32, true)));
     Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
+        id_field(),
         Field::new("prompt", list, false),
         Field::new("max_new_tokens", DataType::UInt32, false),
         Field::new("submitted_ns", DataType::UInt64, false),

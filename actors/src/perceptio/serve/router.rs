@@ -24,19 +24,19 @@ use super::event_port_schema;
 use super::llm::{GenKind, generation_port_schema, read_generation};
 use super::{
     EventExtra, FOLLOWS_DEPTH, FOLLOWS_MASK, ModelDir, ServeAnswer, ServeEvent, ServeModelParams, ServeTimings,
-    clock_ns, event_frame_with,
+    clock_ns, event_frame_with, id_field,
 };
 
 /// The columns of the `seg` output: a request and whether this row carries its `[SEG]` state (frames of such
 /// rows carry `hidden` `[n, d]`) or releases it (`seg` = false: it ended without one).
 pub fn seg_request_schema() -> Schema {
-    Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("seg", DataType::Boolean, false)])
+    Schema::new(vec![id_field(), Field::new("seg", DataType::Boolean, false)])
 }
 
 /// The columns of the `codes` output: a request and the N code indices of its depth span.
 pub fn codes_schema() -> Schema {
     let list = DataType::List(Arc::new(Field::new("item", DataType::UInt32, true)));
-    Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("codes", list, false)])
+    Schema::new(vec![id_field(), Field::new("codes", list, false)])
 }
 
 pub struct ServeRouterKind;

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray};
-
 use burn::prelude::*;
 use perceptio_models::perceptio::checkpoint::Part;
 use perceptio_models::perceptio::{PerceptioConfig, SegPart};
