@@ -365,6 +365,10 @@ fn score_gives_the_hand_computed_numbers() {
     assert!(gt_sq > 0.1, "the ground truth is not flat");
     // the perfect map orders every pair (1.0); the flat map predicts ties only (0.0)
     assert!((t.depth_order_accuracy().unwrap() - 0.5).abs() < 1e-9, "{:?}", d.order_accuracy);
+    // both scored rows share one ground truth (a constant map matches it: blind MSE 0); the predictions are the
+    // target and 0, whose per-pixel variance is (t / 2)^2
+    assert!(d.blind_mse.unwrap().abs() < 1e-9, "{:?}", d.blind_mse);
+    assert!((d.prediction_spread.unwrap() - gt_sq / 4.0).abs() < 1e-6, "{:?} vs {}", d.prediction_spread, gt_sq / 4.0);
 
     assert_eq!((t.vqa.samples, t.vqa.exact, t.vqa.normalized), (2, 0, 1));
     assert!((t.vqa_accuracy().unwrap() - 0.5).abs() < 1e-12);
@@ -377,4 +381,31 @@ fn score_gives_the_hand_computed_numbers() {
     let path = tmp.path().join("sub/eval.json");
     t.write_json(&path).unwrap();
     assert_eq!(EvalTable::read_json(&path).unwrap(), t);
+}
+
+#[test]
+fn score_tells_an_image_blind_depth_map() {
+    // two scenes whose depth runs opposite ways; the model answers both with the first scene's map
+    let left: Vec<f32> = (0..256).map(|i| 1.0 + 3.0 * (i % 16) as f32 / 15.0).collect();
+    let right: Vec<f32> = (0..256).map(|i| 4.0 - 3.0 * (i % 16) as f32 / 15.0).collect();
+    let (png_a, scale) = perceptio_synth::codec::encode_depth(&left, 16, 16).unwrap();
+    let (png_b, scale_b) = perceptio_synth::codec::encode_depth(&right, 16, 16).unwrap();
+    assert_eq!(scale, scale_b);
+    let side = 8;
+    let a = depth_target_from_png(&png_a, scale, side).unwrap();
+    let b = depth_target_from_png(&png_b, scale, side).unwrap();
+    let rows = vec![
+        Hand { depth: Some(png_a), pred_depth: Some(a.clone()), ..hand("depth", "", "") },
+        Hand { depth: Some(png_b), pred_depth: Some(a.clone()), ..hand("depth", "", "") },
+    ];
+    let mut scorer = Scorer::new(0);
+    assert!(scorer.add_batch(&hand_batch(&rows, scale)).is_empty());
+    let d = scorer.table().depth;
+    // the best constant map is (a + b) / 2: its MSE is the mean of ((a - b) / 2)^2
+    let blind = a.iter().zip(&b).map(|(&x, &y)| (((x - y) / 2.0) as f64).powi(2)).sum::<f64>() / a.len() as f64;
+    assert!(blind > 0.1, "the two scenes differ");
+    assert!((d.blind_mse.unwrap() - blind).abs() < 1e-6, "{:?} vs {blind}", d.blind_mse);
+    assert!(d.prediction_spread.unwrap().abs() < 1e-12, "one map for both images: {:?}", d.prediction_spread);
+    // the model's MSE (0 on the first, 4 * blind on the second) is twice the blind one
+    assert!((d.mse.unwrap() - 2.0 * blind).abs() < 1e-6, "{:?}", d.mse);
 }

@@ -21,6 +21,10 @@
 //!   after median scaling the prediction on those pixels (p times median(g) / median(p)). Each metric is averaged
 //!   over the images that have it; a depth row without a complete span (`pred_depth` null) counts as missing
 //!   and has no numbers.
+//!   Two numbers say whether the maps depend on the image at all: the **image-blind MSE**, the MSE of the best
+//!   constant map (the per-pixel mean of the scored ground truths, i.e. their mean per-pixel variance; a model
+//!   that ignores its image cannot beat it), and the **prediction spread**, the mean per-pixel variance of the
+//!   predicted maps across the scored images (0 when every image gets the same map). Both need maps of one side.
 //! - **vqa** (`task = vqa`): accuracy of `generated` against `answer` after VQA normalisation (lower case, no
 //!   punctuation or articles, number words as digits); exact-match accuracy too.
 //!
@@ -117,6 +121,12 @@ pub struct DepthScore {
     pub delta1: Option<f64>,
     /// Relative-order accuracy of pixel pairs.
     pub order_accuracy: Option<f64>,
+    /// MSE of the best image-blind prediction: the per-pixel mean of the scored ground truths.
+    #[serde(default)]
+    pub blind_mse: Option<f64>,
+    /// Mean per-pixel variance of the predicted maps across the scored images (0: one map for every image).
+    #[serde(default)]
+    pub prediction_spread: Option<f64>,
 }
 
 /// Visual questions.
@@ -214,7 +224,9 @@ impl EvalTable {
         row("depth", "MSE (normalised [-1, 1])", fmt_opt(d.mse, 1.0, 4), depth_rows.clone());
         row("depth", "relative-order accuracy (%)", fmt_opt(d.order_accuracy, 100.0, 1), depth_rows.clone());
         row("depth", "AbsRel (median-scaled disparity)", fmt_opt(d.abs_rel, 1.0, 3), depth_rows.clone());
-        row("depth", "delta < 1.25 (%)", fmt_opt(d.delta1, 100.0, 1), depth_rows);
+        row("depth", "delta < 1.25 (%)", fmt_opt(d.delta1, 100.0, 1), depth_rows.clone());
+        row("depth", "MSE of the best image-blind map", fmt_opt(d.blind_mse, 1.0, 4), depth_rows.clone());
+        row("depth", "prediction spread across images", fmt_opt(d.prediction_spread, 1.0, 4), depth_rows);
         let v = &self.vqa;
         row("vqa", "accuracy, normalised (%)", fmt_opt(v.accuracy, 100.0, 1), v.samples.to_string());
         row("vqa", "accuracy, exact match (%)", fmt_opt(v.exact_accuracy, 100.0, 1), v.samples.to_string());
@@ -268,6 +280,45 @@ struct DepthSums {
     abs_rel: (f64, u64),
     delta1: (f64, u64),
     order: (f64, u64),
+    gt_moments: PixelMoments,
+    pred_moments: PixelMoments,
+}
+
+/// Per-pixel sums over maps of one side, for their mean per-pixel variance across maps.
+#[derive(Debug, Clone, Default)]
+struct PixelMoments {
+    maps: u64,
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+    /// A map of another size was seen: no variance.
+    mixed: bool,
+}
+
+impl PixelMoments {
+    fn add(&mut self, map: &[f32]) {
+        if self.maps == 0 {
+            self.sum = vec![0.0; map.len()];
+            self.sum_sq = vec![0.0; map.len()];
+        } else if map.len() != self.sum.len() {
+            self.mixed = true;
+            return;
+        }
+        for ((s, q), &v) in self.sum.iter_mut().zip(&mut self.sum_sq).zip(map) {
+            *s += v as f64;
+            *q += (v as f64).powi(2);
+        }
+        self.maps += 1;
+    }
+
+    /// Mean over pixels of the population variance across maps (None without maps or with mixed sizes).
+    fn mean_variance(&self) -> Option<f64> {
+        if self.maps == 0 || self.mixed || self.sum.is_empty() {
+            return None;
+        }
+        let n = self.maps as f64;
+        let total: f64 = self.sum.iter().zip(&self.sum_sq).map(|(&s, &q)| (q / n - (s / n).powi(2)).max(0.0)).sum();
+        Some(total / self.sum.len() as f64)
+    }
 }
 
 fn mean((sum, n): (f64, u64)) -> Option<f64> {
@@ -466,6 +517,8 @@ impl Scorer {
         add(&mut self.depth.abs_rel, x.abs_rel);
         add(&mut self.depth.delta1, x.delta1);
         add(&mut self.depth.order, x.order);
+        self.depth.gt_moments.add(&gt);
+        self.depth.pred_moments.add(&pred);
         Ok(())
     }
 
@@ -516,6 +569,8 @@ impl Scorer {
             abs_rel: mean(d.abs_rel),
             delta1: mean(d.delta1),
             order_accuracy: mean(d.order),
+            blind_mse: d.gt_moments.mean_variance(),
+            prediction_spread: d.pred_moments.mean_variance(),
         };
         let v = &self.vqa;
         let vqa = VqaScore {

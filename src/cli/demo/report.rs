@@ -230,6 +230,20 @@ impl Report {
                 let _ = writeln!(s, "- Referring segmentation: no referring rows were evaluated.");
             }
         }
+        let d = &full.table.depth;
+        if let (Some(mse), Some(blind), Some(spread)) = (d.mse, d.blind_mse, d.prediction_spread) {
+            let verdict = if mse < blind {
+                "better than any map that ignores the image"
+            } else {
+                "no better than a map that ignores the image: the answers do not yet depend on the picture"
+            };
+            let _ = writeln!(
+                s,
+                "- Does the full model look at the image? Its depth maps score MSE {mse:.4} against {blind:.4} for the \
+                 best image-blind map (the per-pixel mean of the test maps), so they are {verdict}. They vary across \
+                 images by {spread:.4} (mean per-pixel variance), the test maps by {blind:.4}."
+            );
+        }
         s
     }
 
