@@ -5,7 +5,9 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cli::{ask, dataflow, demo, depth, eval, generate, init_model, pretrain_sam2, segment, synth, train_vqvae};
+use cli::{
+    ask, dataflow, demo, depth, eval, generate, init_model, pretrain_image, pretrain_sam2, segment, synth, train_vqvae,
+};
 
 /// perceptio trains and serves perception-enhanced vision-language models as a backpressured actor dataflow.
 #[derive(Parser, Debug)]
@@ -41,6 +43,8 @@ enum Command {
     TrainVqvae(train_vqvae::TrainVqvaeArgs),
     /// Write a fresh tiny Perceptio model directory (tokenizer from a dataset, trained VQ-VAE) to train from.
     InitModel(init_model::InitModelArgs),
+    /// Pretrain a model directory's image encoder (InternViT + projector) on a dataset's depth maps.
+    PretrainImage(pretrain_image::PretrainImageArgs),
     /// Pretrain a model directory's SAM2 on a dataset's masks (point prompts) before Perceptio training.
     PretrainSam2(pretrain_sam2::PretrainSam2Args),
     /// Evaluate a trained Perceptio on a dataset split (dataflows/eval.yaml) and print the results table.
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Depth(args) => depth::run(args),
         Command::TrainVqvae(args) => train_vqvae::run(args).map(|_| ()),
         Command::InitModel(args) => init_model::run(args),
+        Command::PretrainImage(args) => pretrain_image::run(args),
         Command::PretrainSam2(args) => pretrain_sam2::run(args),
         Command::Eval(args) => tokio_main(eval::run(args)),
         Command::Ask(args) => ask::run(args),

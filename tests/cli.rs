@@ -145,3 +145,34 @@ fn graph_prints_an_outline_and_graphviz() {
         assert!(out.status.success() && stdout.contains(needle), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn init_model_refuses_sizes_it_cannot_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let out = bin()
+            .args(["init-model", "--data", "none-*.parquet", "--vqvae", "none", "--out"])
+            .arg(dir.path().join("m"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, err) = run(&["--image-size", "100"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--image-size 100 is not a positive multiple of 14 px patches times the pixel shuffle (28)"),
+        "{err}"
+    );
+    let (code, err) = run(&["--image-size", "140", "--pixel-shuffle", "0"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--pixel-shuffle must be at least 1"), "{err}");
+    let (code, err) = run(&["--rope-theta", "0.5"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("--rope-theta 0.5"), "{err}");
+    // sizes that build get as far as the missing data
+    let (code, err) = run(&["--image-size", "140", "--pixel-shuffle", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("matches no file"), "{err}");
+    assert!(!dir.path().join("m").exists());
+}

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use perceptio_actors::perceptio::init::{dataset_texts, init_tiny_model};
+use perceptio_actors::perceptio::init::{dataset_texts, init_tiny_model_with};
 
 /// Arguments of `perceptio init-model`.
 #[derive(clap::Args, Debug)]
@@ -21,10 +21,45 @@ pub struct InitModelArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Image side the InternViT takes (default 112 px: 8x8 patches of 14 px).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Pixel-shuffle factor between the InternViT and the LLM (default 2: a quarter as many image tokens as
+    /// patches; 1 keeps one token per patch).
+    #[arg(long)]
+    pub pixel_shuffle: Option<usize>,
+    /// RoPE base of the LLM (default 1000000, Qwen2's).
+    #[arg(long)]
+    pub rope_theta: Option<f64>,
+}
+
+impl InitModelArgs {
+    /// Checks the size overrides against a 14 px patch.
+    fn check_sizes(&self) -> anyhow::Result<()> {
+        let shuffle = self.pixel_shuffle.unwrap_or(2);
+        if shuffle == 0 {
+            bail!("--pixel-shuffle must be at least 1");
+        }
+        if let Some(size) = self.image_size {
+            let unit = 14 * shuffle;
+            if size == 0 || size % unit != 0 {
+                bail!(
+                    "--image-size {size} is not a positive multiple of 14 px patches times the pixel shuffle ({unit})"
+                );
+            }
+        }
+        if let Some(theta) = self.rope_theta
+            && !(theta.is_finite() && theta > 1.0)
+        {
+            bail!("--rope-theta {theta} is not a number above 1");
+        }
+        Ok(())
+    }
 }
 
 /// Runs `perceptio init-model`.
 pub fn run(args: &InitModelArgs) -> anyhow::Result<()> {
+    args.check_sizes()?;
     let mut files: Vec<PathBuf> = glob::glob(&args.data)
         .with_context(|| format!("bad --data pattern `{}`", args.data))?
         .collect::<Result<_, _>>()
@@ -34,7 +69,18 @@ pub fn run(args: &InitModelArgs) -> anyhow::Result<()> {
         bail!("--data `{}` matches no file", args.data);
     }
     let texts = dataset_texts(&files)?;
-    let (cfg, _) = init_tiny_model(&texts, &args.vqvae, &args.out, args.seed)?;
+    let adjust = |cfg: &mut perceptio_models::perceptio::PerceptioConfig| {
+        if let Some(size) = args.image_size {
+            cfg.vlm.vision.image_size = size;
+        }
+        if let Some(shuffle) = args.pixel_shuffle {
+            cfg.vlm.shuffle = shuffle;
+        }
+        if let Some(theta) = args.rope_theta {
+            cfg.vlm.text.rope_theta = theta;
+        }
+    };
+    let (cfg, _) = init_tiny_model_with(&texts, &args.vqvae, &args.out, args.seed, &adjust)?;
     println!(
         "wrote {} (vocabulary {} + {} added tokens, {} image tokens per image, {} texts from {} files)",
         args.out.display(),

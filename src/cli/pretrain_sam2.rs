@@ -287,14 +287,14 @@ fn resize_nearest(m: &[bool], h: usize, w: usize, size: usize) -> Vec<u8> {
 }
 
 /// Endless epochs over `0..n`, each in a fresh order drawn from a seeded SplitMix64 stream.
-struct Shuffled {
+pub(crate) struct Shuffled {
     order: Vec<usize>,
     pos: usize,
     state: u64,
 }
 
 impl Shuffled {
-    fn new(n: usize, seed: u64) -> Self {
+    pub(crate) fn new(n: usize, seed: u64) -> Self {
         Self { order: (0..n).collect(), pos: n, state: seed ^ 0x5EED_5A42 }
     }
 
@@ -307,7 +307,7 @@ impl Shuffled {
     }
 
     /// The next `k` indices (wrapping into a new epoch as needed).
-    fn take(&mut self, k: usize) -> Vec<usize> {
+    pub(crate) fn take(&mut self, k: usize) -> Vec<usize> {
         (0..k)
             .map(|_| {
                 if self.pos >= self.order.len() {

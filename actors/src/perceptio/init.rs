@@ -67,6 +67,18 @@ pub fn init_tiny_model(
     out: &Path,
     seed: u64,
 ) -> Result<(PerceptioConfig, Perceptio), InitError> {
+    init_tiny_model_with(texts, vqvae, out, seed, &|_| {})
+}
+
+/// [`init_tiny_model`] with `adjust` applied to the tiny preset before any weight is drawn (sizes to experiment
+/// with); the adjusted config is validated.
+pub fn init_tiny_model_with(
+    texts: &[String],
+    vqvae: &Path,
+    out: &Path,
+    seed: u64,
+    adjust: &dyn Fn(&mut PerceptioConfig),
+) -> Result<(PerceptioConfig, Perceptio), InitError> {
     let device = Device::flex();
     let (vq, vq_cfg) = load_checkpoint(vqvae, &device).map_err(|e| file_err(vqvae, e))?;
     let tokenizer = build_word_tokenizer(texts.iter().map(String::as_str), vq_cfg.num_codes, 1)
@@ -76,6 +88,7 @@ pub fn init_tiny_model(
     let mut cfg = PerceptioConfig::tiny(base, specials.image_context as usize);
     cfg.vqvae = vq_cfg;
     cfg.added_tokens = cfg.num_codes() + 3;
+    adjust(&mut cfg);
     device.seed(seed);
     let mut model = cfg.init(&device).map_err(|e| InitError::Other(e.to_string()))?;
     model.vqvae = vq;

@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod decode;
 pub mod heads;
 pub mod image;
+pub mod image_pretrain;
 pub mod layout;
 pub mod loss;
 pub mod model;

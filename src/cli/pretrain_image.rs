@@ -1,0 +1,278 @@
+//! `perceptio pretrain-image`: pretrains the image encoder part (InternViT + projector) of a Perceptio model
+//! directory on the depth maps of a synth-schema dataset (each image token predicts the depth under it through a
+//! throw-away linear head), then writes `image.safetensors` back atomically. One sample per scene (the rows of
+//! a scene share its image; point-question rows, whose images carry markers, are skipped). `--val` reports the
+//! held-out depth MSE next to the MSE of the best image-blind map.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use arrow::array::{Array, Float32Array, RecordBatch, StringArray};
+use burn::module::Module;
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use perceptio_actors::image_decode::{decode_png_rgb, image_bytes};
+use perceptio_models::depth::depth_target_from_png;
+use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config, save_part};
+use perceptio_models::perceptio::image::encoder_input;
+use perceptio_models::perceptio::image_pretrain::{
+    DepthBatch, EncoderWithHead, ImagePretrainConfig, TokenDepthHead, depth_mse, pretrain_image_encoder, token_grid,
+};
+
+use super::pretrain_sam2::Shuffled;
+
+/// Side of the depth block each image token predicts.
+const BLOCK: usize = 4;
+
+/// Arguments of `perceptio pretrain-image`.
+#[derive(clap::Args, Debug)]
+pub struct PretrainImageArgs {
+    /// Perceptio model directory (perceptio.json, image.safetensors, ...); image.safetensors is replaced.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Training parquet files (glob); one row per scene is used.
+    #[arg(long)]
+    pub data: String,
+    #[arg(long, default_value_t = 600)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Held-out parquet files (glob): report the depth MSE after pretraining and the image-blind MSE.
+    #[arg(long)]
+    pub val: Option<String>,
+}
+
+/// What a pretraining run reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImagePretrainSummary {
+    /// Mean loss of the first and last `window` steps.
+    pub first_loss: f64,
+    pub last_loss: f64,
+    pub window: usize,
+    /// Training images (one per scene).
+    pub images: usize,
+    pub secs: f64,
+}
+
+/// Held-out depth MSE of the pretrained encoder and its head, next to the best image-blind map's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeldOutDepth {
+    pub mse: f64,
+    /// MSE of the per-pixel mean of the held-out maps (what an encoder that ignores its image can at best reach).
+    pub blind_mse: f64,
+    pub images: usize,
+}
+
+/// Runs `perceptio pretrain-image`.
+pub fn run(args: &PretrainImageArgs) -> anyhow::Result<()> {
+    let cfg = ImagePretrainConfig::new().with_steps(args.steps).with_batch_size(args.batch_size).with_lr(args.lr);
+    let (s, held) = pretrain_with(&args.model, &args.data, args.val.as_deref(), &cfg, args.seed)?;
+    println!(
+        "pretrained the image encoder for {} steps on {} images in {:.1}s: depth MSE {:.4} -> {:.4} (means of the \
+         first/last {} steps); wrote {}",
+        args.steps,
+        s.images,
+        s.secs,
+        s.first_loss,
+        s.last_loss,
+        s.window,
+        args.model.join(Part::Image.file()).display()
+    );
+    if let Some(h) = held {
+        println!("held-out depth MSE {:.4} (best image-blind map {:.4}; {} images)", h.mse, h.blind_mse, h.images);
+    }
+    Ok(())
+}
+
+/// Pretrains the image encoder part of the model in `model_dir` on `data_glob` and writes it back (atomically);
+/// with `val_glob`, measures it on those scenes. `perceptio pretrain-image` and the demo's stage.
+pub fn pretrain_with(
+    model_dir: &Path,
+    data_glob: &str,
+    val_glob: Option<&str>,
+    pcfg: &ImagePretrainConfig,
+    seed: u64,
+) -> anyhow::Result<(ImagePretrainSummary, Option<HeldOutDepth>)> {
+    let start = Instant::now();
+    let cfg = read_config(model_dir).with_context(|| format!("reading {}", model_dir.display()))?;
+    let device = Device::flex().autodiff();
+    device.seed(seed);
+    let part = load_part(model_dir, Part::Image, cfg.init_image(&device))?;
+    let size = cfg.vlm.vision.image_size;
+    let head = TokenDepthHead::init(cfg.vlm.text.hidden_size, BLOCK, &device);
+    let model = EncoderWithHead { part, head };
+    let side = token_grid(&model.part, size) * BLOCK;
+    let data = DepthSet::read(data_glob, size, side)?;
+
+    let steps = pcfg.steps;
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .context("progress bar template")?,
+    );
+    let mut order = Shuffled::new(data.len(), seed);
+    let mut history = Vec::with_capacity(steps);
+    let report_every = (steps / 6).max(1);
+    let model = pretrain_image_encoder(model, pcfg, size, &mut |n| data.batch(&order.take(n)), &mut |step, loss| {
+        history.push(loss);
+        bar.set_position(step as u64);
+        bar.set_message(format!("depth MSE {loss:.4}"));
+        if step % report_every == 0 {
+            let line = format!("step {step}: depth MSE {loss:.4}");
+            if bar.is_hidden() { println!("{line}") } else { bar.println(line) }
+        }
+    })
+    .context("pretraining the image encoder")?;
+    bar.finish_and_clear();
+    save_part(model_dir, Part::Image, &model.part)?;
+
+    let window = (steps / 10).clamp(1, 20);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let summary = ImagePretrainSummary {
+        first_loss: mean(&history[..window.min(history.len())]),
+        last_loss: mean(&history[history.len().saturating_sub(window)..]),
+        window,
+        images: data.len(),
+        secs: start.elapsed().as_secs_f64(),
+    };
+    let held = match val_glob {
+        None => None,
+        Some(glob) => {
+            let val = DepthSet::read(glob, size, side)?;
+            let plain = model.valid();
+            let mut errors = Vec::with_capacity(val.len());
+            let idx: Vec<usize> = (0..val.len()).collect();
+            for chunk in idx.chunks(32) {
+                errors.extend(depth_mse(&plain, &val.batch(chunk)?).context("measuring the held-out depth MSE")?);
+            }
+            Some(HeldOutDepth { mse: mean(&errors), blind_mse: val.blind_mse(), images: val.len() })
+        }
+    };
+    Ok((summary, held))
+}
+
+/// One scene: its encoder input and depth target.
+struct DepthRow {
+    pixels: Vec<f32>,
+    depth: Vec<f32>,
+}
+
+/// One row per scene of a dataset, prepared.
+struct DepthSet {
+    size: usize,
+    side: usize,
+    rows: Vec<DepthRow>,
+}
+
+impl DepthSet {
+    /// The first non-point row of every scene of `glob` (sorted file order), at encoder size `size` with
+    /// `side x side` depth targets.
+    fn read(glob: &str, size: usize, side: usize) -> anyhow::Result<Self> {
+        let mut files: Vec<PathBuf> = glob::glob(glob)
+            .with_context(|| format!("bad pattern `{glob}`"))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("listing `{glob}`"))?;
+        files.sort();
+        if files.is_empty() {
+            bail!("`{glob}` matches no file");
+        }
+        let mut seen = HashSet::new();
+        let mut rows = Vec::new();
+        for path in &files {
+            let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .and_then(|b| b.build())
+                .with_context(|| format!("reading {}", path.display()))?;
+            for batch in reader {
+                let batch = batch.with_context(|| format!("reading {}", path.display()))?;
+                for r in 0..batch.num_rows() {
+                    let row = depth_row(&batch, r, size, side, &mut seen)
+                        .with_context(|| format!("{} row {r}", path.display()))?;
+                    rows.extend(row);
+                }
+            }
+        }
+        if rows.is_empty() {
+            bail!("`{glob}` has no row with an image and a depth map");
+        }
+        Ok(Self { size, side, rows })
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn batch(&self, idx: &[usize]) -> anyhow::Result<DepthBatch> {
+        let mut pixels = Vec::with_capacity(idx.len() * 3 * self.size * self.size);
+        let mut depth = Vec::with_capacity(idx.len() * self.side * self.side);
+        for &i in idx {
+            let row = self.rows.get(i).with_context(|| format!("no scene {i}"))?;
+            pixels.extend_from_slice(&row.pixels);
+            depth.extend_from_slice(&row.depth);
+        }
+        Ok(DepthBatch { image_size: self.size, depth_side: self.side, pixels, depth })
+    }
+
+    /// MSE of the per-pixel mean map against every map (the mean per-pixel variance).
+    fn blind_mse(&self) -> f64 {
+        let n = self.rows.len().max(1) as f64;
+        let mut mean = vec![0.0f64; self.side * self.side];
+        for row in &self.rows {
+            mean.iter_mut().zip(&row.depth).for_each(|(m, &v)| *m += v as f64 / n);
+        }
+        let total: f64 = self
+            .rows
+            .iter()
+            .map(|row| row.depth.iter().zip(&mean).map(|(&v, m)| (v as f64 - m).powi(2)).sum::<f64>())
+            .sum();
+        total / (n * mean.len().max(1) as f64)
+    }
+}
+
+/// Row `r` prepared, when it is the first non-point row of a scene not seen yet.
+fn depth_row(
+    batch: &RecordBatch,
+    r: usize,
+    size: usize,
+    side: usize,
+    seen: &mut HashSet<String>,
+) -> anyhow::Result<Option<DepthRow>> {
+    let text = |name: &str| -> anyhow::Result<String> {
+        let col = batch.column_by_name(name).with_context(|| format!("column `{name}` is missing"))?;
+        let col = col.as_any().downcast_ref::<StringArray>().with_context(|| format!("column `{name}` is not text"))?;
+        if col.is_null(r) {
+            bail!("`{name}` is null");
+        }
+        Ok(col.value(r).to_string())
+    };
+    if text("task")? == "points" {
+        return Ok(None);
+    }
+    let scene = text("scene_id")?;
+    if seen.contains(&scene) {
+        return Ok(None);
+    }
+    let id = text("sample_id")?;
+    let scale_col = batch.column_by_name("depth_scale").context("column `depth_scale` is missing")?;
+    let scale =
+        scale_col.as_any().downcast_ref::<Float32Array>().context("column `depth_scale` is not float32")?.value(r);
+    let depth_col = batch.column_by_name("depth").context("column `depth` is missing")?;
+    if depth_col.is_null(r) || scale <= 0.0 {
+        return Ok(None);
+    }
+    let png = image_bytes(depth_col, r).map_err(|e| anyhow::anyhow!("sample {id}: depth: {e}"))?;
+    let depth = depth_target_from_png(png, scale, side).map_err(|e| anyhow::anyhow!("sample {id}: depth: {e}"))?;
+    let image_col = batch.column_by_name("image").context("column `image` is missing")?;
+    let png = image_bytes(image_col, r).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
+    let (rgb, h, w) = decode_png_rgb(png).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
+    seen.insert(scene);
+    Ok(Some(DepthRow { pixels: encoder_input(&rgb, h, w, size), depth }))
+}
