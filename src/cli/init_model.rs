@@ -31,6 +31,9 @@ pub struct InitModelArgs {
     /// RoPE base of the LLM (default 1000000, Qwen2's).
     #[arg(long)]
     pub rope_theta: Option<f64>,
+    /// Prompts put the image after the question (InternVL puts it first).
+    #[arg(long)]
+    pub image_last: bool,
 }
 
 impl InitModelArgs {
@@ -79,6 +82,7 @@ pub fn run(args: &InitModelArgs) -> anyhow::Result<()> {
         if let Some(theta) = args.rope_theta {
             cfg.vlm.text.rope_theta = theta;
         }
+        cfg.image_last = args.image_last;
     };
     let (cfg, _) = init_tiny_model_with(&texts, &args.vqvae, &args.out, args.seed, &adjust)?;
     println!(

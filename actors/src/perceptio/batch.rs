@@ -222,7 +222,8 @@ impl Preparer {
             .with_depth_tokens(depth_tokens)
             .with_seg_tokens(seg_tokens)
             .with_span_len(cfg.vqvae.grid_size() * cfg.vqvae.grid_size())
-            .with_max_len(max_len);
+            .with_max_len(max_len)
+            .with_image_last(cfg.image_last);
         let prep = Preparer {
             tokenizer,
             specials,

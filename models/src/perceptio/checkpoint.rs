@@ -61,10 +61,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
 pub fn read_config(dir: &Path) -> Result<PerceptioConfig, CheckpointError> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
-    let cfg: PerceptioConfig = serde_json::from_str(&text).map_err(|e| file_err(&path, e))?;
+    let cfg: PerceptioConfig = match serde_json::from_str(&text) {
+        Ok(cfg) => cfg,
+        Err(first) => {
+            // a model directory from before a field was added: fill in its default, else report the first error
+            // (it has the line and column)
+            let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_err(&path, e))?;
+            let mut filled = false;
+            if let Some(fields) = value.as_object_mut() {
+                for (key, default) in ADDED_FIELDS {
+                    if !fields.contains_key(*key) {
+                        fields.insert(key.to_string(), (*default).into());
+                        filled = true;
+                    }
+                }
+            }
+            if !filled {
+                return Err(file_err(&path, first));
+            }
+            serde_json::from_value(value).map_err(|e| file_err(&path, e))?
+        }
+    };
     cfg.validate()?;
     Ok(cfg)
 }
+
+/// Top-level `perceptio.json` fields that older model directories lack, with the value they mean there.
+const ADDED_FIELDS: &[(&str, bool)] = &[("image_last", false)];
 
 /// Writes `perceptio.json`.
 pub fn write_config(dir: &Path, cfg: &PerceptioConfig) -> Result<(), CheckpointError> {
@@ -121,4 +144,30 @@ pub fn cfg_freeze(cfg: &PerceptioConfig, mut model: Perceptio) -> Perceptio {
     model.seg.sam2.vision_encoder = model.seg.sam2.vision_encoder.no_grad();
     model.vqvae = model.vqvae.no_grad();
     model
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_without_a_later_field_reads_with_its_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = PerceptioConfig::tiny(64, 5).with_image_last(true);
+        write_config(dir.path(), &cfg).unwrap();
+        assert!(read_config(dir.path()).unwrap().image_last);
+        // a model directory written before `image_last` existed
+        let path = dir.path().join(CONFIG_FILE);
+        let mut value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        value.as_object_mut().unwrap().remove("image_last").unwrap();
+        std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
+        let old = read_config(dir.path()).unwrap();
+        assert!(!old.image_last);
+        assert_eq!(old.image_tokens(), cfg.image_tokens());
+        // a field of the wrong type is still an error naming the file
+        value.as_object_mut().unwrap().insert("image_last".into(), "yes".into());
+        std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
+        let err = read_config(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("perceptio.json") && err.contains("expected a boolean at line"), "{err}");
+    }
 }

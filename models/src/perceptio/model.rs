@@ -45,6 +45,10 @@ pub struct PerceptioConfig {
     pub depth_temperature: f64,
     #[config(default = "TrainableConfig::new()")]
     pub trainable: TrainableConfig,
+    /// Prompts put the image after the question (InternVL's template puts it before), so that the image tokens
+    /// sit at one distance from the answer whatever the question.
+    #[config(default = false)]
+    pub image_last: bool,
 }
 
 /// Errors of building or running the model.

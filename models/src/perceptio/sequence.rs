@@ -8,7 +8,7 @@ use std::str::FromStr;
 use burn::config::Config;
 
 use super::layout::{Sequence, SpecialTokens, TokenBatch};
-use crate::tokenizer::{TextTokenizer, TokenizerError, chat_prompt};
+use crate::tokenizer::{TextTokenizer, TokenizerError, chat_prompt_with};
 
 /// Errors of sequence building; each names the sample.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +87,9 @@ pub struct SequenceConfig {
     /// Longest accepted sequence (prompt + answer + `<|im_end|>`).
     #[config(default = 512)]
     pub max_len: usize,
+    /// The image block after the question (see [`chat_prompt_with`]); InternVL puts it first.
+    #[config(default = false)]
+    pub image_last: bool,
 }
 
 /// The text fields of one dataset row.
@@ -144,7 +147,7 @@ fn prompt_ids_of(
     question: &str,
     id: &str,
 ) -> Result<Vec<u32>, SequenceError> {
-    let ids = encode(tok, &chat_prompt(question, cfg.image_tokens, None), id)?;
+    let ids = encode(tok, &chat_prompt_with(question, cfg.image_tokens, None, cfg.image_last), id)?;
     if let Some(&token) = ids.iter().find(|&&t| is_perceptio(sp, t)) {
         return Err(SequenceError::ForbiddenToken { id: id.to_string(), part: "question", token });
     }
@@ -281,6 +284,7 @@ mod tests {
 
     use super::*;
     use crate::perceptio::tokens::{build_word_tokenizer, special_tokens};
+    use crate::tokenizer::chat_prompt;
 
     const K: usize = 128;
     const REFER_Q: &str = "Please segment the small red cube in this image.";
@@ -349,6 +353,30 @@ mod tests {
         assert!(matches!(err, SequenceError::ForbiddenToken { token, .. } if token == sp.code(3)));
         let err = prompt_ids(tok, sp, &cfg(), "What is <IMG_CONTEXT>?").unwrap_err();
         assert!(matches!(err, SequenceError::ImageTokens { found: 5, expected: 4, .. }), "{err}");
+    }
+
+    #[test]
+    fn image_last_puts_the_image_at_one_distance_from_the_answer() {
+        let (tok, sp) = tok();
+        let last = cfg().with_image_last(true);
+        // (tokens before the first image token, tokens after the last one) of a prompt
+        let around = |ids: &[u32]| {
+            let first = ids.iter().position(|&t| t == sp.image_context).unwrap();
+            let end = ids.iter().rposition(|&t| t == sp.image_context).unwrap();
+            assert_eq!(end + 1 - first, 4, "the image tokens are contiguous");
+            (first, ids.len() - 1 - end)
+        };
+        let (short, long) =
+            (prompt_ids(tok, sp, &last, DEPTH_Q).unwrap(), prompt_ids(tok, sp, &last, REFER_Q).unwrap());
+        assert_ne!(short.len(), long.len());
+        assert_eq!(around(&short).1, around(&long).1, "image last: the same distance to the answer");
+        assert!(around(&short).0 < around(&long).0);
+        assert_eq!(tok.decode(&short, false).unwrap(), chat_prompt_with(DEPTH_Q, 4, None, true));
+        // InternVL's order: the image first, at one distance from the start
+        let (short, long) =
+            (prompt_ids(tok, sp, &cfg(), DEPTH_Q).unwrap(), prompt_ids(tok, sp, &cfg(), REFER_Q).unwrap());
+        assert_eq!(around(&short).0, around(&long).0);
+        assert_ne!(around(&short).1, around(&long).1);
     }
 
     #[test]

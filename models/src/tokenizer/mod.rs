@@ -104,18 +104,32 @@ impl TextTokenizer {
 /// `<|im_start|>user\n<img>` + `<IMG_CONTEXT>` x `image_tokens` + `</img>\n{question}<|im_end|>\n<|im_start|>assistant\n`.
 /// With `image_tokens = 0` the image block is left out; `system` adds a system turn first.
 pub fn chat_prompt(question: &str, image_tokens: usize, system: Option<&str>) -> String {
+    chat_prompt_with(question, image_tokens, system, false)
+}
+
+/// [`chat_prompt`] with the image block after the question instead of before it (`<|im_start|>user\n{question}\n
+/// <img>...</img><|im_end|>...`) when `image_last`: the image tokens then sit at the same distance from the answer
+/// whatever the question's length.
+pub fn chat_prompt_with(question: &str, image_tokens: usize, system: Option<&str>, image_last: bool) -> String {
     let mut s = String::new();
     if let Some(sys) = system {
         s.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
     }
     s.push_str("<|im_start|>user\n");
-    if image_tokens > 0 {
+    let image = |s: &mut String| {
         s.push_str(IMG_START);
         s.push_str(&IMG_CONTEXT.repeat(image_tokens));
         s.push_str(IMG_END);
+    };
+    if image_tokens > 0 && !image_last {
+        image(&mut s);
         s.push('\n');
     }
     s.push_str(question);
+    if image_tokens > 0 && image_last {
+        s.push('\n');
+        image(&mut s);
+    }
     s.push_str("<|im_end|>\n<|im_start|>assistant\n");
     s
 }
