@@ -161,15 +161,17 @@ fn init_model_refuses_sizes_it_cannot_build() {
     let (code, err) = run(&["--image-size", "100"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("--image-size 100 is not a positive multiple of 14 px patches times the pixel shuffle (28)"),
+        err.contains(
+            "`vlm.vision.image_size`: 100 px is not a positive multiple of the 14 px patch times the pixel shuffle 2"
+        ),
         "{err}"
     );
     let (code, err) = run(&["--image-size", "140", "--pixel-shuffle", "0"]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("--pixel-shuffle must be at least 1"), "{err}");
+    assert!(err.contains("`vlm.shuffle`: the pixel-shuffle factor must be at least 1"), "{err}");
     let (code, err) = run(&["--rope-theta", "0.5"]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("--rope-theta 0.5"), "{err}");
+    assert!(err.contains("`vlm.text.rope_theta`: 0.5 is not a number above 1"), "{err}");
     // sizes that build get as far as the missing data
     let (code, err) = run(&["--image-size", "140", "--pixel-shuffle", "1"]);
     assert_eq!(code, Some(1), "{err}");

@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use perceptio_actors::perceptio::init::{dataset_texts, init_tiny_model_with};
+use perceptio_models::perceptio::PerceptioConfig;
 
 /// Arguments of `perceptio init-model`.
 #[derive(clap::Args, Debug)]
@@ -37,54 +38,30 @@ pub struct InitModelArgs {
 }
 
 impl InitModelArgs {
-    /// Checks the size overrides against a 14 px patch.
-    fn check_sizes(&self) -> anyhow::Result<()> {
-        let shuffle = self.pixel_shuffle.unwrap_or(2);
-        if shuffle == 0 {
-            bail!("--pixel-shuffle must be at least 1");
-        }
+    /// Applies the size overrides to a tiny-preset config.
+    fn adjust(&self, cfg: &mut PerceptioConfig) {
         if let Some(size) = self.image_size {
-            let unit = 14 * shuffle;
-            if size == 0 || size % unit != 0 {
-                bail!(
-                    "--image-size {size} is not a positive multiple of 14 px patches times the pixel shuffle ({unit})"
-                );
-            }
+            cfg.vlm.vision.image_size = size;
         }
-        if let Some(theta) = self.rope_theta
-            && !(theta.is_finite() && theta > 1.0)
-        {
-            bail!("--rope-theta {theta} is not a number above 1");
+        if let Some(shuffle) = self.pixel_shuffle {
+            cfg.vlm.shuffle = shuffle;
         }
-        Ok(())
+        if let Some(theta) = self.rope_theta {
+            cfg.vlm.text.rope_theta = theta;
+        }
+        cfg.image_last = self.image_last;
     }
 }
 
 /// Runs `perceptio init-model`.
 pub fn run(args: &InitModelArgs) -> anyhow::Result<()> {
-    args.check_sizes()?;
-    let mut files: Vec<PathBuf> = glob::glob(&args.data)
-        .with_context(|| format!("bad --data pattern `{}`", args.data))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("listing `{}`", args.data))?;
-    files.sort();
-    if files.is_empty() {
-        bail!("--data `{}` matches no file", args.data);
-    }
+    // sizes that cannot be built are refused before the dataset is read (the vocabulary does not matter here)
+    let mut probe = PerceptioConfig::tiny(2, 1);
+    args.adjust(&mut probe);
+    probe.validate().context("the size overrides")?;
+    let files = super::rows::parquet_files(&args.data).context("--data")?;
     let texts = dataset_texts(&files)?;
-    let adjust = |cfg: &mut perceptio_models::perceptio::PerceptioConfig| {
-        if let Some(size) = args.image_size {
-            cfg.vlm.vision.image_size = size;
-        }
-        if let Some(shuffle) = args.pixel_shuffle {
-            cfg.vlm.shuffle = shuffle;
-        }
-        if let Some(theta) = args.rope_theta {
-            cfg.vlm.text.rope_theta = theta;
-        }
-        cfg.image_last = args.image_last;
-    };
-    let (cfg, _) = init_tiny_model_with(&texts, &args.vqvae, &args.out, args.seed, &adjust)?;
+    let (cfg, _) = init_tiny_model_with(&texts, &args.vqvae, &args.out, args.seed, &|cfg| args.adjust(cfg))?;
     println!(
         "wrote {} (vocabulary {} + {} added tokens, {} image tokens per image, {} texts from {} files)",
         args.out.display(),

@@ -9,6 +9,7 @@ pub mod generate;
 pub mod init_model;
 pub mod pretrain_image;
 pub mod pretrain_sam2;
+pub mod rows;
 pub mod segment;
 pub mod synth;
 pub mod train_vqvae;

@@ -5,7 +5,6 @@
 //! held-out depth MSE next to the MSE of the best image-blind map.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -13,8 +12,6 @@ use anyhow::{Context, bail};
 use arrow::array::{Array, Float32Array, RecordBatch, StringArray};
 use burn::module::Module;
 use burn::tensor::Device;
-use indicatif::{ProgressBar, ProgressStyle};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use perceptio_actors::image_decode::{decode_png_rgb, image_bytes};
 use perceptio_models::depth::depth_target_from_png;
 use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config, save_part};
@@ -22,8 +19,9 @@ use perceptio_models::perceptio::image::encoder_input;
 use perceptio_models::perceptio::image_pretrain::{
     DepthBatch, EncoderWithHead, ImagePretrainConfig, TokenDepthHead, depth_mse, pretrain_image_encoder, token_grid,
 };
+use perceptio_synth::metrics::MapMoments;
 
-use super::pretrain_sam2::Shuffled;
+use super::rows::{Shuffled, read_rows, step_bar};
 
 /// Side of the depth block each image token predicts.
 const BLOCK: usize = 4;
@@ -113,11 +111,7 @@ pub fn pretrain_with(
     let data = DepthSet::read(data_glob, size, side)?;
 
     let steps = pcfg.steps;
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .context("progress bar template")?,
-    );
+    let bar = step_bar(steps)?;
     let mut order = Shuffled::new(data.len(), seed);
     let mut history = Vec::with_capacity(steps);
     let report_every = (steps / 6).max(1);
@@ -176,30 +170,8 @@ impl DepthSet {
     /// The first non-point row of every scene of `glob` (sorted file order), at encoder size `size` with
     /// `side x side` depth targets.
     fn read(glob: &str, size: usize, side: usize) -> anyhow::Result<Self> {
-        let mut files: Vec<PathBuf> = glob::glob(glob)
-            .with_context(|| format!("bad pattern `{glob}`"))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("listing `{glob}`"))?;
-        files.sort();
-        if files.is_empty() {
-            bail!("`{glob}` matches no file");
-        }
         let mut seen = HashSet::new();
-        let mut rows = Vec::new();
-        for path in &files {
-            let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.build())
-                .with_context(|| format!("reading {}", path.display()))?;
-            for batch in reader {
-                let batch = batch.with_context(|| format!("reading {}", path.display()))?;
-                for r in 0..batch.num_rows() {
-                    let row = depth_row(&batch, r, size, side, &mut seen)
-                        .with_context(|| format!("{} row {r}", path.display()))?;
-                    rows.extend(row);
-                }
-            }
-        }
+        let rows = read_rows(glob, None, &mut |batch, r| depth_row(batch, r, size, side, &mut seen))?;
         if rows.is_empty() {
             bail!("`{glob}` has no row with an image and a depth map");
         }
@@ -221,19 +193,11 @@ impl DepthSet {
         Ok(DepthBatch { image_size: self.size, depth_side: self.side, pixels, depth })
     }
 
-    /// MSE of the per-pixel mean map against every map (the mean per-pixel variance).
+    /// MSE of the per-pixel mean map against every map (their mean per-pixel variance).
     fn blind_mse(&self) -> f64 {
-        let n = self.rows.len().max(1) as f64;
-        let mut mean = vec![0.0f64; self.side * self.side];
-        for row in &self.rows {
-            mean.iter_mut().zip(&row.depth).for_each(|(m, &v)| *m += v as f64 / n);
-        }
-        let total: f64 = self
-            .rows
-            .iter()
-            .map(|row| row.depth.iter().zip(&mean).map(|(&v, m)| (v as f64 - m).powi(2)).sum::<f64>())
-            .sum();
-        total / (n * mean.len().max(1) as f64)
+        let mut moments = MapMoments::default();
+        self.rows.iter().for_each(|row| moments.add(&row.depth));
+        moments.mean_variance().unwrap_or(0.0)
     }
 }
 

@@ -4,20 +4,19 @@
 //! batcher does (PNG -> bilinear resize + ImageNet normalisation; mask -> nearest resize to the SAM2 size).
 //! `--val` measures the point-prompted mask IoU on held-out rows before and after.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use arrow::array::{Array, RecordBatch};
 use burn::tensor::Device;
-use indicatif::{ProgressBar, ProgressStyle};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use perceptio_actors::image_decode::{decode_png_rgb, image_bytes};
 use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config, save_part};
 use perceptio_models::perceptio::image::encoder_input;
 use perceptio_models::sam2::Sam2;
 use perceptio_models::sam2::pretrain::{MaskBatch, Sam2PretrainConfig, evaluate_points, pretrain_sam2};
+
+use super::rows::{Shuffled, read_rows, step_bar};
 
 /// Arguments of `perceptio pretrain-sam2`.
 #[derive(clap::Args, Debug)]
@@ -110,11 +109,7 @@ pub fn pretrain_with(model_dir: &Path, data_glob: &str, pcfg: &Sam2PretrainConfi
     let mut seg = load_part(model_dir, Part::Seg, seg)?;
     let seed = pcfg.seed;
 
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .context("progress bar template")?,
-    );
+    let bar = step_bar(steps)?;
     let mut order = Shuffled::new(data.len(), seed);
     let mut history: Vec<(f64, f64)> = Vec::with_capacity(steps);
     let mut ema: Option<(f64, f64)> = None;
@@ -194,35 +189,7 @@ struct MaskSet {
 impl MaskSet {
     /// The rows of `glob` with a non-empty mask (at most `limit`, in sorted file order).
     fn read(glob: &str, size: usize, limit: Option<usize>) -> anyhow::Result<Self> {
-        let mut files: Vec<PathBuf> = glob::glob(glob)
-            .with_context(|| format!("bad pattern `{glob}`"))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("listing `{glob}`"))?;
-        files.sort();
-        if files.is_empty() {
-            bail!("`{glob}` matches no file");
-        }
-        let limit = limit.unwrap_or(usize::MAX);
-        let mut rows = Vec::new();
-        'files: for path in &files {
-            let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.build())
-                .with_context(|| format!("reading {}", path.display()))?;
-            for batch in reader {
-                let batch = batch.with_context(|| format!("reading {}", path.display()))?;
-                for r in 0..batch.num_rows() {
-                    if rows.len() >= limit {
-                        break 'files;
-                    }
-                    if let Some(row) =
-                        mask_row(&batch, r, size).with_context(|| format!("{} row {r}", path.display()))?
-                    {
-                        rows.push(row);
-                    }
-                }
-            }
-        }
+        let rows = read_rows(glob, limit, &mut |batch, r| mask_row(batch, r, size))?;
         if rows.is_empty() {
             bail!("`{glob}` has no row with a non-empty mask");
         }
@@ -286,58 +253,9 @@ fn resize_nearest(m: &[bool], h: usize, w: usize, size: usize) -> Vec<u8> {
     out
 }
 
-/// Endless epochs over `0..n`, each in a fresh order drawn from a seeded SplitMix64 stream.
-pub(crate) struct Shuffled {
-    order: Vec<usize>,
-    pos: usize,
-    state: u64,
-}
-
-impl Shuffled {
-    pub(crate) fn new(n: usize, seed: u64) -> Self {
-        Self { order: (0..n).collect(), pos: n, state: seed ^ 0x5EED_5A42 }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// The next `k` indices (wrapping into a new epoch as needed).
-    pub(crate) fn take(&mut self, k: usize) -> Vec<usize> {
-        (0..k)
-            .map(|_| {
-                if self.pos >= self.order.len() {
-                    for i in (1..self.order.len()).rev() {
-                        let j = (self.next_u64() % (i as u64 + 1)) as usize;
-                        self.order.swap(i, j);
-                    }
-                    self.pos = 0;
-                }
-                self.pos += 1;
-                self.order[self.pos - 1]
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shuffled_epochs_visit_every_index_once() {
-        let mut s = Shuffled::new(10, 3);
-        for _ in 0..3 {
-            let mut epoch = s.take(10);
-            epoch.sort();
-            assert_eq!(epoch, (0..10).collect::<Vec<_>>());
-        }
-        assert_ne!(Shuffled::new(10, 3).take(10), Shuffled::new(10, 4).take(10));
-    }
 
     #[test]
     fn nearest_resize_doubles_and_halves() {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use perceptio_actors::vqvae_train::{ParquetDepth, SynthDepth, preset_config};
 use perceptio_models::depth::train::{PREVIEW_FILE, ValMetrics};
 use perceptio_models::depth::{DepthSource, ProceduralDepth, TrainEvent, TrainVqVaeConfig, train_vqvae};
@@ -78,11 +78,7 @@ pub fn run(args: &TrainVqvaeArgs) -> anyhow::Result<Option<ValMetrics>> {
         .with_val_every(args.val_every)
         .with_seed(args.seed);
 
-    let bar = ProgressBar::new(args.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .context("progress bar template")?,
-    );
+    let bar = super::rows::step_bar(args.steps)?;
     let mut ema_loss: Option<f64> = None;
     let (_, state) = train_vqvae(&model_cfg, &cfg, source.as_mut(), &val, &args.out, args.resume, &mut |e| match e {
         TrainEvent::Step { step, loss, recon, reseeded } => {

@@ -297,3 +297,42 @@ impl DepthMetrics {
         if self.order_images == 0 { 0.0 } else { self.order_sum / self.order_images as f64 }
     }
 }
+
+/// Per-pixel sums over maps of one side, for their mean per-pixel (population) variance across maps: how much the
+/// maps differ from image to image, and the MSE of the best constant map (their per-pixel mean).
+#[derive(Debug, Clone, Default)]
+pub struct MapMoments {
+    maps: u64,
+    sum: Vec<f64>,
+    sum_sq: Vec<f64>,
+    /// A map of another size was seen: no variance.
+    mixed: bool,
+}
+
+impl MapMoments {
+    /// Adds one map (a map of another size than the first makes the variance undefined).
+    pub fn add(&mut self, map: &[f32]) {
+        if self.maps == 0 {
+            self.sum = vec![0.0; map.len()];
+            self.sum_sq = vec![0.0; map.len()];
+        } else if map.len() != self.sum.len() {
+            self.mixed = true;
+            return;
+        }
+        for ((s, q), &v) in self.sum.iter_mut().zip(&mut self.sum_sq).zip(map) {
+            *s += v as f64;
+            *q += (v as f64).powi(2);
+        }
+        self.maps += 1;
+    }
+
+    /// Mean over pixels of the population variance across maps (None without maps or with mixed sizes).
+    pub fn mean_variance(&self) -> Option<f64> {
+        if self.maps == 0 || self.mixed || self.sum.is_empty() {
+            return None;
+        }
+        let n = self.maps as f64;
+        let total: f64 = self.sum.iter().zip(&self.sum_sq).map(|(&s, &q)| (q / n - (s / n).powi(2)).max(0.0)).sum();
+        Some(total / self.sum.len() as f64)
+    }
+}

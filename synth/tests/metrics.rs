@@ -97,3 +97,15 @@ fn pair_sampling_is_deterministic_and_never_self() {
     assert_ne!(a, sample_pairs(10, 200, 4));
     assert!(a.iter().all(|&(i, j)| i != j && i < 10 && j < 10));
 }
+
+#[test]
+fn map_moments_give_the_mean_per_pixel_variance() {
+    let mut m = MapMoments::default();
+    assert_eq!(m.mean_variance(), None);
+    m.add(&[0.0, 1.0]);
+    m.add(&[2.0, 1.0]);
+    // pixel 0: values 0 and 2 (variance 1); pixel 1: 1 and 1 (variance 0)
+    assert!((m.mean_variance().unwrap() - 0.5).abs() < 1e-12);
+    m.add(&[1.0, 1.0, 1.0]);
+    assert_eq!(m.mean_variance(), None, "maps of different sizes have no per-pixel variance");
+}

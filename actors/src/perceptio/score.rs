@@ -45,8 +45,8 @@ use perceptio_runtime::{
     PortDecl, parse_params,
 };
 use perceptio_synth::metrics::{
-    AnswerMetrics, MaskMetrics, PointMetrics, abs_rel, delta_accuracy, median_scale, relative_order_accuracy,
-    sample_pairs,
+    AnswerMetrics, MapMoments, MaskMetrics, PointMetrics, abs_rel, delta_accuracy, median_scale,
+    relative_order_accuracy, sample_pairs,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -280,45 +280,8 @@ struct DepthSums {
     abs_rel: (f64, u64),
     delta1: (f64, u64),
     order: (f64, u64),
-    gt_moments: PixelMoments,
-    pred_moments: PixelMoments,
-}
-
-/// Per-pixel sums over maps of one side, for their mean per-pixel variance across maps.
-#[derive(Debug, Clone, Default)]
-struct PixelMoments {
-    maps: u64,
-    sum: Vec<f64>,
-    sum_sq: Vec<f64>,
-    /// A map of another size was seen: no variance.
-    mixed: bool,
-}
-
-impl PixelMoments {
-    fn add(&mut self, map: &[f32]) {
-        if self.maps == 0 {
-            self.sum = vec![0.0; map.len()];
-            self.sum_sq = vec![0.0; map.len()];
-        } else if map.len() != self.sum.len() {
-            self.mixed = true;
-            return;
-        }
-        for ((s, q), &v) in self.sum.iter_mut().zip(&mut self.sum_sq).zip(map) {
-            *s += v as f64;
-            *q += (v as f64).powi(2);
-        }
-        self.maps += 1;
-    }
-
-    /// Mean over pixels of the population variance across maps (None without maps or with mixed sizes).
-    fn mean_variance(&self) -> Option<f64> {
-        if self.maps == 0 || self.mixed || self.sum.is_empty() {
-            return None;
-        }
-        let n = self.maps as f64;
-        let total: f64 = self.sum.iter().zip(&self.sum_sq).map(|(&s, &q)| (q / n - (s / n).powi(2)).max(0.0)).sum();
-        Some(total / self.sum.len() as f64)
-    }
+    gt_moments: MapMoments,
+    pred_moments: MapMoments,
 }
 
 fn mean((sum, n): (f64, u64)) -> Option<f64> {

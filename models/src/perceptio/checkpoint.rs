@@ -68,13 +68,8 @@ pub fn read_config(dir: &Path) -> Result<PerceptioConfig, CheckpointError> {
             // (it has the line and column)
             let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|e| file_err(&path, e))?;
             let mut filled = false;
-            if let Some(fields) = value.as_object_mut() {
-                for (key, default) in ADDED_FIELDS {
-                    if !fields.contains_key(*key) {
-                        fields.insert(key.to_string(), (*default).into());
-                        filled = true;
-                    }
-                }
+            for (path, default) in added_fields() {
+                filled |= fill_missing(&mut value, path, default);
             }
             if !filled {
                 return Err(file_err(&path, first));
@@ -86,8 +81,30 @@ pub fn read_config(dir: &Path) -> Result<PerceptioConfig, CheckpointError> {
     Ok(cfg)
 }
 
-/// Top-level `perceptio.json` fields that older model directories lack, with the value they mean there.
-const ADDED_FIELDS: &[(&str, bool)] = &[("image_last", false)];
+/// `perceptio.json` fields (dotted paths) that older model directories lack, with the value they mean there.
+fn added_fields() -> [(&'static str, serde_json::Value); 2] {
+    [("image_last", false.into()), ("sam2.prompt_encoder_config.scale", 1.0.into())]
+}
+
+/// Inserts `default` at the dotted `path` of `value` when its parent object exists and the key does not; true when
+/// it did.
+fn fill_missing(value: &mut serde_json::Value, path: &str, default: serde_json::Value) -> bool {
+    let (parents, key) = path.rsplit_once('.').map_or((None, path), |(p, k)| (Some(p), k));
+    let mut node = value;
+    for part in parents.into_iter().flat_map(|p| p.split('.')) {
+        match node.get_mut(part) {
+            Some(child) => node = child,
+            None => return false,
+        }
+    }
+    match node.as_object_mut() {
+        Some(fields) if !fields.contains_key(key) => {
+            fields.insert(key.to_string(), default);
+            true
+        }
+        _ => false,
+    }
+}
 
 /// Writes `perceptio.json`.
 pub fn write_config(dir: &Path, cfg: &PerceptioConfig) -> Result<(), CheckpointError> {
@@ -153,9 +170,11 @@ mod tests {
     #[test]
     fn a_config_without_a_later_field_reads_with_its_default() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = PerceptioConfig::tiny(64, 5).with_image_last(true);
+        let mut cfg = PerceptioConfig::tiny(64, 5).with_image_last(true);
+        cfg.sam2.prompt_encoder_config.scale = 3.0;
         write_config(dir.path(), &cfg).unwrap();
-        assert!(read_config(dir.path()).unwrap().image_last);
+        let read = read_config(dir.path()).unwrap();
+        assert_eq!((read.image_last, read.sam2.prompt_encoder_config.scale), (true, 3.0));
         // a model directory written before `image_last` existed
         let path = dir.path().join(CONFIG_FILE);
         let mut value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -163,8 +182,14 @@ mod tests {
         std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
         let old = read_config(dir.path()).unwrap();
         assert!(!old.image_last);
+        // and one from before `sam2.prompt_encoder_config.scale` as well
+        value["sam2"]["prompt_encoder_config"].as_object_mut().unwrap().remove("scale").unwrap();
+        std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
+        let older = read_config(dir.path()).unwrap();
+        assert_eq!((older.image_last, older.sam2.prompt_encoder_config.scale), (false, 1.0));
         assert_eq!(old.image_tokens(), cfg.image_tokens());
-        // a field of the wrong type is still an error naming the file
+        // a field of the wrong type is still an error naming the file, with serde's line and column
+        value["sam2"]["prompt_encoder_config"].as_object_mut().unwrap().insert("scale".into(), 1.0.into());
         value.as_object_mut().unwrap().insert("image_last".into(), "yes".into());
         std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
         let err = read_config(dir.path()).unwrap_err().to_string();

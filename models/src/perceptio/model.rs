@@ -98,6 +98,22 @@ impl PerceptioConfig {
         if self.vlm.image_token_id >= self.vlm.text.vocab_size {
             return bad("vlm.image_token_id", format!("{} is outside the base vocabulary", self.vlm.image_token_id));
         }
+        let (size, patch, shuffle) = (self.vlm.vision.image_size, self.vlm.vision.patch_size, self.vlm.shuffle);
+        if shuffle == 0 {
+            return bad("vlm.shuffle", "the pixel-shuffle factor must be at least 1".into());
+        }
+        if patch == 0 || size == 0 || size % (patch * shuffle) != 0 {
+            return bad(
+                "vlm.vision.image_size",
+                format!(
+                    "{size} px is not a positive multiple of the {patch} px patch times the pixel shuffle {shuffle}"
+                ),
+            );
+        }
+        let theta = self.vlm.text.rope_theta;
+        if !(theta.is_finite() && theta > 1.0) {
+            return bad("vlm.text.rope_theta", format!("{theta} is not a number above 1"));
+        }
         if !matches!(self.trainable.llm.as_str(), "lora" | "full") {
             return bad("trainable.llm", format!("`{}` (expected `lora` or `full`)", self.trainable.llm));
         }

@@ -1,0 +1,115 @@
+//! What the pretraining and init subcommands share: listing a parquet glob, reading its rows through a per-row
+//! closure (errors name the file and row), seeded shuffled epochs over the rows, and the step progress bar of a
+//! training loop.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use arrow::array::RecordBatch;
+use indicatif::{ProgressBar, ProgressStyle};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// The files `glob` matches, sorted; an error when it matches none.
+pub fn parquet_files(glob: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = glob::glob(glob)
+        .with_context(|| format!("bad pattern `{glob}`"))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("listing `{glob}`"))?;
+    files.sort();
+    if files.is_empty() {
+        bail!("`{glob}` matches no file");
+    }
+    Ok(files)
+}
+
+/// `keep(batch, row)` over every row of the files of `glob` in order, collecting what it returns (None skips the
+/// row), until `limit` rows are kept; an error names the file and row.
+pub fn read_rows<T>(
+    glob: &str,
+    limit: Option<usize>,
+    keep: &mut dyn FnMut(&RecordBatch, usize) -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<Vec<T>> {
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut rows = Vec::new();
+    for path in parquet_files(glob)? {
+        let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .with_context(|| format!("reading {}", path.display()))?;
+        for batch in reader {
+            let batch = batch.with_context(|| format!("reading {}", path.display()))?;
+            for r in 0..batch.num_rows() {
+                if rows.len() >= limit {
+                    return Ok(rows);
+                }
+                rows.extend(keep(&batch, r).with_context(|| format!("{} row {r}", path.display()))?);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The progress bar of a `steps`-step training loop (position = step, message = running numbers).
+pub fn step_bar(steps: usize) -> anyhow::Result<ProgressBar> {
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .context("progress bar template")?,
+    );
+    Ok(bar)
+}
+
+/// Endless epochs over `0..n`, each in a fresh order drawn from a seeded SplitMix64 stream.
+pub struct Shuffled {
+    order: Vec<usize>,
+    pos: usize,
+    state: u64,
+}
+
+impl Shuffled {
+    pub fn new(n: usize, seed: u64) -> Self {
+        Self { order: (0..n).collect(), pos: n, state: seed ^ 0x5EED_5A42 }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// The next `k` indices (wrapping into a new epoch as needed).
+    pub fn take(&mut self, k: usize) -> Vec<usize> {
+        (0..k)
+            .map(|_| {
+                if self.pos >= self.order.len() {
+                    for i in (1..self.order.len()).rev() {
+                        let j = (self.next_u64() % (i as u64 + 1)) as usize;
+                        self.order.swap(i, j);
+                    }
+                    self.pos = 0;
+                }
+                self.pos += 1;
+                self.order[self.pos - 1]
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffled_epochs_visit_every_index_once() {
+        let mut s = Shuffled::new(10, 3);
+        for _ in 0..3 {
+            let mut epoch = s.take(10);
+            epoch.sort();
+            assert_eq!(epoch, (0..10).collect::<Vec<_>>());
+        }
+        assert_ne!(Shuffled::new(10, 3).take(10), Shuffled::new(10, 4).take(10));
+    }
+}
