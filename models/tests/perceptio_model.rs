@@ -105,3 +105,20 @@ fn tiny_parts_have_the_documented_shapes_and_every_term_trains() {
     // the frozen SAM2 encoder and VQ-VAE get none
     assert!(model.seg.sam2.vision_encoder.neck.convs[0].weight.val().grad(&grads).is_none());
 }
+
+#[test]
+fn aligned_image_gives_one_token_per_depth_code() {
+    let device = Device::flex();
+    let mut cfg = PerceptioConfig::tiny(BASE, IMG as usize);
+    cfg.align_image_with_depth_grid();
+    cfg.validate().unwrap();
+    let grid = cfg.vqvae.grid_size();
+    assert_eq!(cfg.image_tokens(), cfg.vqvae.num_tokens());
+    assert_eq!(cfg.vlm.vision.image_size, grid * 14);
+    assert_eq!((cfg.vlm.shuffle, cfg.vlm.text.rope_theta, cfg.image_last), (1, 1e4, true));
+    // the image part yields that many tokens
+    let part = cfg.init_image(&device);
+    let side = cfg.vlm.vision.image_size;
+    let pixels = Tensor::<4>::random([1, 3, side, side], Distribution::Normal(0.0, 1.0), &device);
+    assert_eq!(part.forward(pixels).dims(), [1, grid * grid, 128]);
+}

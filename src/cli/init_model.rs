@@ -35,11 +35,18 @@ pub struct InitModelArgs {
     /// Prompts put the image after the question (InternVL puts it first).
     #[arg(long)]
     pub image_last: bool,
+    /// The layout `perceptio demo` uses: one image token per depth code, RoPE base 10000 and the image after
+    /// the question (the sizes above, when given, apply after it).
+    #[arg(long)]
+    pub align_depth_grid: bool,
 }
 
 impl InitModelArgs {
     /// Applies the size overrides to a tiny-preset config.
     fn adjust(&self, cfg: &mut PerceptioConfig) {
+        if self.align_depth_grid {
+            cfg.align_image_with_depth_grid();
+        }
         if let Some(size) = self.image_size {
             cfg.vlm.vision.image_size = size;
         }
@@ -49,7 +56,7 @@ impl InitModelArgs {
         if let Some(theta) = self.rope_theta {
             cfg.vlm.text.rope_theta = theta;
         }
-        cfg.image_last = self.image_last;
+        cfg.image_last |= self.image_last;
     }
 }
 

@@ -79,6 +79,23 @@ impl PerceptioConfig {
             .with_trainable(TrainableConfig::new().with_llm("full".into()).with_vision_encoder(true))
     }
 
+    /// Lays the image out so that the tiny LLM can read depth from it: one image token per depth code (the image
+    /// side is the code grid times the patch, with no pixel shuffle), a RoPE base of 10^4 instead of Qwen2's
+    /// 10^6 so that nearby offsets are told apart, and the image block after the question, so that every image
+    /// token sits at the same distance from its depth code whatever the question's length.
+    ///
+    /// Measured on the demo's world (depth MSE of the decoded answer against 0.0409 for the best map that ignores
+    /// the image, issue 8): the tiny preset learns only the image-blind prior (0.050); the grid alignment and
+    /// RoPE base read the image on depth questions alone (0.030); the image placed last keeps that reading
+    /// through the full task mixture (0.0225, where the image placed first drops back to 0.069).
+    pub fn align_image_with_depth_grid(&mut self) {
+        let grid = self.vqvae.grid_size();
+        self.vlm.vision.image_size = grid * self.vlm.vision.patch_size;
+        self.vlm.shuffle = 1;
+        self.vlm.text.rope_theta = 1e4;
+        self.image_last = true;
+    }
+
     /// Number of K depth codes (the VQ-VAE codebook size).
     pub fn num_codes(&self) -> usize {
         self.vqvae.num_codes

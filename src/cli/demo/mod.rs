@@ -1,10 +1,11 @@
 //! `perceptio demo`: the main job on the embedded default, with no downloads. It renders the synthetic world,
 //! trains the depth tokenizer on the training split's depth maps, caches every row's depth codes
-//! (`dataflows/cache-depth-codes.yaml`), initialises a tiny Perceptio, pretrains its SAM2 on the world's masks
-//! (`perceptio pretrain-sam2`), trains it twice through the actor graph
-//! (`dataflows/train.yaml`: the full model, and the "no depth tokens" ablation), evaluates both on the held-out
-//! test split (`dataflows/eval.yaml`) and writes `report.md` with the results table, training curves and sample
-//! answers. `--quick` runs the same stages smaller.
+//! (`dataflows/cache-depth-codes.yaml`), initialises a tiny Perceptio with its image aligned to the depth-code
+//! grid, pretrains its SAM2 on the world's masks (`perceptio pretrain-sam2`), trains it twice through the actor
+//! graph (`dataflows/train.yaml`: the full model, first on depth questions alone and then on the task mixture,
+//! and the "no depth tokens" ablation for as many steps on its mixture), evaluates both on the held-out test split
+//! (`dataflows/eval.yaml`) and writes `report.md` with the results table, training curves and sample answers.
+//! `--quick` runs the same stages smaller.
 
 mod plot;
 mod report;
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use perceptio::runtime::{Graph, RunOptions, RunSummary};
-use perceptio_actors::perceptio::init::{dataset_texts, init_tiny_model};
+use perceptio_actors::perceptio::init::{dataset_texts, init_tiny_model_with};
+use perceptio_models::perceptio::PerceptioConfig;
 use perceptio_synth::SynthConfig;
 
 use super::eval::evaluate;
@@ -47,9 +49,14 @@ pub struct DemoArgs {
     /// with --quick; 0 skips the stage).
     #[arg(long)]
     pub sam2_steps: Option<usize>,
-    /// Perceptio optimiser steps per model (default 300, or 40 with --quick).
+    /// Perceptio optimiser steps on the task mixture (default 250, or 30 with --quick).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Steps on depth questions alone before the full model's mixture, where it learns to read depth from the
+    /// image (default 300, or 10 with --quick; 0 skips the stage). The ablation has no such stage: without depth
+    /// tokens a depth question has no answer, so it drops these rows as it drops them from its mixture.
+    #[arg(long)]
+    pub depth_steps: Option<usize>,
     /// Test rows evaluated per model (default: all, or 48 with --quick).
     #[arg(long)]
     pub eval_rows: Option<usize>,
@@ -64,6 +71,7 @@ pub struct Plan {
     pub scenes: usize,
     pub vqvae_steps: usize,
     pub sam2_steps: usize,
+    pub depth_steps: usize,
     pub steps: usize,
     pub eval_rows: Option<usize>,
 }
@@ -75,7 +83,8 @@ impl DemoArgs {
             scenes: self.scenes.unwrap_or(if q { 120 } else { 600 }),
             vqvae_steps: self.vqvae_steps.unwrap_or(if q { 60 } else { 400 }),
             sam2_steps: self.sam2_steps.unwrap_or(if q { 20 } else { 300 }),
-            steps: self.steps.unwrap_or(if q { 40 } else { 300 }),
+            depth_steps: self.depth_steps.unwrap_or(if q { 10 } else { 300 }),
+            steps: self.steps.unwrap_or(if q { 30 } else { 250 }),
             eval_rows: self.eval_rows.or(if q { Some(48) } else { None }),
         }
     }
@@ -214,7 +223,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let train_files = vec![codes.join("train-00000-of-00001.parquet")];
     let texts = dataset_texts(&train_files)?;
     let init = out.join("model-init");
-    let (model_cfg, _) = init_tiny_model(&texts, &vqvae, &init, args.seed)?;
+    let (model_cfg, _) =
+        init_tiny_model_with(&texts, &vqvae, &init, args.seed, &PerceptioConfig::align_image_with_depth_grid)?;
     report.model = Some(model_cfg);
 
     // 5. The segmenter: SAM2 pretrained on the training split's masks with point prompts, so that the image encoder
@@ -251,39 +261,54 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         report.stage("segmenter", secs(t));
     }
 
-    // 6. Train twice: the full model and the no-depth-tokens ablation.
+    // 6. Train twice: the full model (depth questions alone, then the mixture) and the no-depth-tokens ablation
+    //    (the mixture, which for it has no depth questions, for the same number of steps).
     let test_glob = codes.join("test-*.parquet").display().to_string();
+    let train_glob = codes.join("train-*.parquet").display().to_string();
     for (name, depth_tokens) in [("full", true), ("no depth tokens", false)] {
         let dir = out.join(if depth_tokens { "train-full" } else { "train-no-depth" });
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        let mut stages = Vec::new();
+        if depth_tokens && plan.depth_steps > 0 {
+            stages.push(Stage {
+                label: "train-dep",
+                what: "depth questions alone",
+                dir: out.join("train-full-depth"),
+                steps: plan.depth_steps,
+                depth_only: true,
+            });
         }
+        stages.push(Stage {
+            label: if depth_tokens { "train" } else { "train-abl" },
+            what: "the task mixture",
+            dir: dir.clone(),
+            steps: plan.steps,
+            depth_only: false,
+        });
         let t = Instant::now();
-        let vars = [
-            ("PERCEPTIO_DATA", codes.join("train-*.parquet").display().to_string()),
-            ("PERCEPTIO_MODEL", init.display().to_string()),
-            ("PERCEPTIO_OUT", dir.display().to_string()),
-            ("PERCEPTIO_STEPS", plan.steps.to_string()),
-            ("PERCEPTIO_DEPTH_TOKENS", depth_tokens.to_string()),
-            ("PERCEPTIO_RESUME", "false".to_string()),
-        ];
-        println!("training `{name}`: {} steps", plan.steps);
-        let label = if depth_tokens { "train" } else { "train-abl" };
-        let summary =
-            run_flow(label, "dataflows/train.yaml", TRAIN_FLOW, &vars, Track::NodeOut("loss", plan.steps as u64))
-                .await?;
+        let mut model = init.clone();
+        let mut curve = report::Curve::default();
+        let mut schedule = Vec::new();
+        let mut steps_done = 0;
+        for stage in &stages {
+            println!("training `{name}`: {} steps on {}", stage.steps, stage.what);
+            let summary = train_stage(stage, &train_glob, &model, depth_tokens).await?;
+            let part = report::read_metrics(&stage.dir.join("metrics.parquet"))?;
+            curve.append(part, steps_done as f64);
+            let done = summary.stats.nodes.iter().find(|(id, _, _)| id == "loss").map_or(0, |(_, _, n)| n.rows_out);
+            steps_done += done;
+            schedule.push(format!("{done} steps on {}", stage.what));
+            model = latest(&stage.dir)?;
+        }
         let train_secs = secs(t);
-        let curve = report::read_metrics(&dir.join("metrics.parquet"))?;
         let t = Instant::now();
-        let checkpoint = latest(&dir)?;
         println!("evaluating `{name}` on the test split");
-        let table = evaluate(&checkpoint, &test_glob, plan.eval_rows, &dir.join("eval.json")).await?;
+        let table = evaluate(&model, &test_glob, plan.eval_rows, &dir.join("eval.json")).await?;
         report.runs.push(RunResult {
             name: name.to_string(),
-            checkpoint,
+            checkpoint: model,
             train_secs,
             eval_secs: secs(t),
-            steps: summary.stats.nodes.iter().find(|(id, _, _)| id == "loss").map_or(0, |(_, _, n)| n.rows_out),
+            schedule: schedule.join(", then "),
             curve,
             table,
         });
@@ -309,6 +334,37 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     println!("{}", report.results_table());
     println!("report: {} ({:.0}s in total)", path.display(), report.total_secs);
     Ok(())
+}
+
+/// One training run of `dataflows/train.yaml` within a model's schedule.
+struct Stage {
+    label: &'static str,
+    what: &'static str,
+    dir: PathBuf,
+    steps: usize,
+    /// Only depth questions (the other tasks' weights are 0).
+    depth_only: bool,
+}
+
+/// Runs one stage from the model directory `model`, into a cleared `stage.dir`.
+async fn train_stage(stage: &Stage, train_glob: &str, model: &Path, depth_tokens: bool) -> anyhow::Result<RunSummary> {
+    if stage.dir.exists() {
+        std::fs::remove_dir_all(&stage.dir).with_context(|| format!("clearing {}", stage.dir.display()))?;
+    }
+    let mut vars = vec![
+        ("PERCEPTIO_DATA", train_glob.to_string()),
+        ("PERCEPTIO_MODEL", model.display().to_string()),
+        ("PERCEPTIO_OUT", stage.dir.display().to_string()),
+        ("PERCEPTIO_STEPS", stage.steps.to_string()),
+        ("PERCEPTIO_DEPTH_TOKENS", depth_tokens.to_string()),
+        ("PERCEPTIO_RESUME", "false".to_string()),
+    ];
+    let other_tasks = if stage.depth_only { "0" } else { "1.0" };
+    for task in ["PERCEPTIO_WEIGHT_REFERRING", "PERCEPTIO_WEIGHT_POINTS", "PERCEPTIO_WEIGHT_VQA"] {
+        vars.push((task, other_tasks.to_string()));
+    }
+    vars.push(("PERCEPTIO_WEIGHT_DEPTH", "1.0".to_string()));
+    run_flow(stage.label, "dataflows/train.yaml", TRAIN_FLOW, &vars, Track::NodeOut("loss", stage.steps as u64)).await
 }
 
 /// The checkpoint a training output folder's `latest` file names.

@@ -40,6 +40,23 @@ impl Curve {
         let part = if last { &present[present.len() - k..] } else { &present[..k] };
         Some(part.iter().sum::<f64>() / k as f64)
     }
+
+    /// Appends a later stage's curve, its steps shifted by `offset`.
+    pub fn append(&mut self, later: Curve, offset: f64) {
+        let before = self.steps.len();
+        self.steps.extend(later.steps.iter().map(|s| s + offset));
+        for (term, values) in later.terms {
+            match self.terms.iter_mut().find(|(t, _)| *t == term) {
+                Some((_, mine)) => mine.extend(values),
+                None => self.terms.push((term, std::iter::repeat_n(None, before).chain(values).collect())),
+            }
+        }
+        // a term the later stage lacks stays aligned with the steps
+        let n = self.steps.len();
+        for (_, values) in &mut self.terms {
+            values.resize(n, None);
+        }
+    }
 }
 
 /// Reads a trainer's `metrics.parquet`.
@@ -81,7 +98,8 @@ pub struct RunResult {
     pub checkpoint: PathBuf,
     pub train_secs: f64,
     pub eval_secs: f64,
-    pub steps: u64,
+    /// The stages, e.g. "300 steps on depth questions alone, then 250 steps on the task mixture".
+    pub schedule: String,
     pub curve: Curve,
     pub table: EvalTable,
 }
@@ -255,13 +273,15 @@ impl Report {
         let _ = writeln!(
             s,
             "Command: `perceptio demo{}` (seed {}): {} scenes, depth tokenizer {} steps, segmenter {} steps, \
-             Perceptio {} steps per model, {} test rows per evaluation. {:.0} s in total on this machine.\n",
+             Perceptio {} steps on the task mixture per model (the full model after {} steps on depth questions \
+             alone), {} test rows per evaluation. {:.0} s in total on this machine.\n",
             if self.quick { " --quick" } else { "" },
             self.seed,
             p.scenes,
             p.vqvae_steps,
             p.sam2_steps,
             p.steps,
+            p.depth_steps,
             p.eval_rows.map_or("all".to_string(), |n| format!("up to {n}")),
             self.total_secs
         );
@@ -278,10 +298,10 @@ impl Report {
         for r in &self.runs {
             let _ = writeln!(
                 s,
-                "### `{}` (trained {:.0} s, {} steps; evaluated {:.0} s; checkpoint `{}`)\n\n{}\n",
+                "### `{}` (trained {:.0} s: {}; evaluated {:.0} s; checkpoint `{}`)\n\n{}\n",
                 r.name,
                 r.train_secs,
-                r.steps,
+                r.schedule,
                 r.eval_secs,
                 rel(&r.checkpoint),
                 r.table.markdown()
@@ -305,8 +325,9 @@ impl Report {
             let t = &m.vlm.text;
             let _ = writeln!(
                 s,
-                "Model: the tiny preset: {}px images -> {} image tokens, LLM {} layers of width {} ({} heads, {} kv \
-                 heads), vocabulary {} + {} added tokens; LLM training mode `{}`; image encoder {}; SAM2-tiny mask decoder \
+                "Model: the tiny preset with its image aligned to the depth-code grid: {}px images -> {} image \
+                 tokens (one per depth code), placed after the question; LLM {} layers of width {} ({} heads, {} kv \
+                 heads, RoPE base {}), vocabulary {} + {} added tokens; LLM training mode `{}`; image encoder {}; SAM2-tiny mask decoder \
                  and `[SEG]` projection trained; SAM2 image encoder and depth tokenizer frozen. Every weight starts \
                  random (no pretrained checkpoints exist for the tiny preset); {}.\n",
                 m.vlm.vision.image_size,
@@ -315,6 +336,7 @@ impl Report {
                 t.hidden_size,
                 t.num_attention_heads,
                 t.num_key_value_heads,
+                t.rope_theta,
                 t.vocab_size,
                 m.added_tokens,
                 m.trainable.llm,
@@ -405,5 +427,31 @@ impl Report {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Curve;
+
+    fn curve(steps: &[f64], terms: &[(&str, &[Option<f64>])]) -> Curve {
+        Curve { steps: steps.to_vec(), terms: terms.iter().map(|(t, v)| (t.to_string(), v.to_vec())).collect() }
+    }
+
+    #[test]
+    fn appended_stages_continue_the_steps_and_keep_terms_aligned() {
+        let mut c = Curve::default();
+        c.append(curve(&[1.0, 2.0], &[("total", &[Some(4.0), Some(3.0)]), ("token", &[Some(2.0), Some(1.5)])]), 0.0);
+        // the later stage has no `token` term and a new `seg_bce` one
+        c.append(
+            curve(&[1.0, 2.0, 3.0], &[("total", &[Some(5.0), Some(2.0), Some(1.0)]), ("seg_bce", &[Some(0.5); 3])]),
+            2.0,
+        );
+        assert_eq!(c.steps, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        let term = |name: &str| c.terms.iter().find(|(t, _)| t == name).unwrap().1.clone();
+        assert_eq!(term("total"), vec![Some(4.0), Some(3.0), Some(5.0), Some(2.0), Some(1.0)]);
+        assert_eq!(term("token"), vec![Some(2.0), Some(1.5), None, None, None]);
+        assert_eq!(term("seg_bce"), vec![None, None, Some(0.5), Some(0.5), Some(0.5)]);
+        assert_eq!(c.mean("total", 2, true), Some(1.5));
     }
 }
