@@ -7,6 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -35,6 +36,10 @@ pub struct SinkParams {
     /// Replace an existing file at `path` (default true). With false, an existing file is an error.
     #[serde(default = "default_true")]
     pub overwrite: bool,
+    /// Write only these columns, in this order (default: every column). A listed column that a frame lacks is an
+    /// error naming it and the columns the frame has.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
 }
 
 fn default_row_group_rows() -> usize {
@@ -63,6 +68,14 @@ fn checked(params: &serde_json::Value) -> Result<SinkParams, ParamError> {
     compression(&p.compression)?;
     if p.row_group_rows == 0 {
         return Err(ParamError::new("row_group_rows", "must be at least 1"));
+    }
+    if let Some(columns) = &p.columns {
+        if columns.is_empty() {
+            return Err(ParamError::new("columns", "lists no column (leave it out to write every column)"));
+        }
+        if let Some(dup) = columns.iter().enumerate().find_map(|(i, c)| columns[..i].contains(c).then_some(c)) {
+            return Err(ParamError::new("columns", format!("`{dup}` is listed twice")));
+        }
     }
     if !p.overwrite && Path::new(&p.path).exists() {
         return Err(ParamError::new("path", format!("`{}` exists and overwrite is false", p.path)));
@@ -129,6 +142,25 @@ impl ParquetSink {
         Ok(())
     }
 
+    /// The configured columns of `batch`, in the configured order.
+    fn select(&self, batch: RecordBatch) -> Result<RecordBatch, NodeError> {
+        let Some(columns) = &self.params.columns else { return Ok(batch) };
+        let schema = batch.schema();
+        let indices = columns
+            .iter()
+            .map(|name| {
+                schema.index_of(name).map_err(|_| {
+                    let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                    NodeError::msg(format!(
+                        "param columns: the frame has no column `{name}` (it has {})",
+                        have.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(batch.project(&indices)?)
+    }
+
     fn finalise(&mut self) -> Result<(), NodeError> {
         if self.writer.is_none() {
             // No rows arrived: still produce a (valid, empty) file so downstream steps find one.
@@ -147,7 +179,7 @@ impl ParquetSink {
 
 impl Node for ParquetSink {
     fn process(&mut self, _port: &str, frame: Frame, _out: &mut Outputs) -> Result<(), NodeError> {
-        let batch = frame_to_arrow(&frame)?;
+        let batch = self.select(frame_to_arrow(&frame)?)?;
         match &self.schema {
             None => self.open(batch.schema())?,
             Some(s) if s.fields() != batch.schema().fields() => {
@@ -191,7 +223,7 @@ impl Drop for ParquetSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{ArrayRef, Int32Array, RecordBatch};
+    use arrow::array::{ArrayRef, Int32Array};
 
     fn sink_at(path: &Path) -> ParquetSink {
         ParquetSink::new(SinkParams {
@@ -199,6 +231,7 @@ mod tests {
             row_group_rows: 2,
             compression: "zstd".into(),
             overwrite: true,
+            columns: None,
         })
     }
 
@@ -251,5 +284,44 @@ mod tests {
         let other = Frame::new(RecordBatch::try_from_iter([("y", col)]).unwrap());
         let err = sink.process("in", other, &mut out).unwrap_err().to_string();
         assert_eq!(err, "frame columns changed mid-stream: expected [x: Int32], got [y: Int32]");
+    }
+
+    #[test]
+    fn listed_columns_are_written_in_their_order_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.parquet");
+        let mut sink = sink_at(&path);
+        sink.params.columns = Some(vec!["z".into(), "x".into()]);
+        let mut out = outputs();
+        let cols: Vec<(&str, ArrayRef)> = ["x", "y", "z"]
+            .iter()
+            .enumerate()
+            .map(|(k, &name)| (name, Arc::new(Int32Array::from(vec![k as i32; 2])) as ArrayRef))
+            .collect();
+        sink.process("in", Frame::new(RecordBatch::try_from_iter(cols).unwrap()), &mut out).unwrap();
+        let err = sink.process("in", frame(1), &mut out).unwrap_err().to_string();
+        assert_eq!(err, "param columns: the frame has no column `z` (it has x)");
+        sink.finish(&mut out).unwrap();
+        let batches: Vec<RecordBatch> =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let names: Vec<String> = batches[0].schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["z", "x"]);
+        let z = batches[0].column(0).as_any().downcast_ref::<Int32Array>().unwrap();
+        assert_eq!(z.values(), &[2, 2]);
+    }
+
+    #[test]
+    fn empty_or_repeated_column_lists_are_refused() {
+        let params =
+            |cols: serde_json::Value| serde_json::json!({ "path": "/tmp/never-written.parquet", "columns": cols });
+        let err = checked(&params(serde_json::json!([]))).unwrap_err().to_string();
+        assert!(err.contains("lists no column"), "{err}");
+        let err = checked(&params(serde_json::json!(["a", "b", "a"]))).unwrap_err().to_string();
+        assert!(err.contains("`a` is listed twice"), "{err}");
     }
 }

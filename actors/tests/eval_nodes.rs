@@ -409,3 +409,76 @@ fn score_tells_an_image_blind_depth_map() {
     // the model's MSE (0 on the first, 4 * blind on the second) is twice the blind one
     assert!((d.mse.unwrap() - 2.0 * blind).abs() < 1e-6, "{:?}", d.mse);
 }
+
+/// Point rows of an 8x8 image with their predicted 4x4 depth maps: (answer, generated, points (x, y), nearest
+/// map cell (col, row)).
+fn map_point_rows(rows: &[(&str, &str, &[(i32, i32)], (usize, usize))]) -> RecordBatch {
+    let mut depth = ListBuilder::new(Float32Builder::new());
+    let mut codes = ListBuilder::new(Int32Builder::new());
+    let mut labels = ListBuilder::new(StringBuilder::new());
+    let (mut xs, mut ys) = (ListBuilder::new(Int32Builder::new()), ListBuilder::new(Int32Builder::new()));
+    for &(_, _, points, (col, row)) in rows {
+        let mut map = vec![-0.5f32; 16];
+        map[row * 4 + col] = 0.9;
+        depth.values().append_slice(&map);
+        depth.append(true);
+        codes.values().append_slice(&[0; SPAN]);
+        codes.append(true);
+        for (k, &(x, y)) in points.iter().enumerate() {
+            labels.values().append_value(["A", "B", "C", "D", "E"][k]);
+            xs.values().append_value(x);
+            ys.values().append_value(y);
+        }
+        labels.append(true);
+        xs.append(true);
+        ys.append(true);
+    }
+    let n = rows.len();
+    let cols: Vec<(&str, ArrayRef)> = vec![
+        ("sample_id", Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("p-{i}"))))),
+        ("task", Arc::new(StringArray::from(vec!["points"; n]))),
+        ("answer", Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0)))),
+        (GENERATED, Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1)))),
+        (PRED_DEPTH, Arc::new(depth.finish())),
+        (PRED_DEPTH_CODES, Arc::new(codes.finish())),
+        ("point_labels", Arc::new(labels.finish())),
+        ("point_x", Arc::new(xs.finish())),
+        ("point_y", Arc::new(ys.finish())),
+        ("width", Arc::new(Int32Array::from(vec![8; n]))),
+        ("height", Arc::new(Int32Array::from(vec![8; n]))),
+    ];
+    let fields: Vec<Field> = cols.iter().map(|(name, c)| Field::new(*name, c.data_type().clone(), true)).collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols.into_iter().map(|(_, c)| c).collect()).unwrap()
+}
+
+#[test]
+fn score_reads_the_answer_off_the_predicted_depth_map() {
+    // on an 8x8 image a 4x4 map cell covers 2x2 pixels: pixel (5, 1) lies in cell (2, 0), (0, 7) in (0, 3)
+    let three: &[(i32, i32)] = &[(0, 7), (5, 1), (3, 3)];
+    let four: &[(i32, i32)] = &[(0, 0), (2, 0), (4, 0), (7, 6)];
+    let rows = [
+        // the map puts B nearest, as the truth does; the text says A
+        ("(B)", "(A)", three, (2, 0)),
+        // the map puts A nearest, the truth and the text say C
+        ("(C)", "(C)", three, (0, 3)),
+        // the map puts D nearest, as the truth does; the text says A
+        ("(D)", "(A)", four, (3, 3)),
+    ];
+    let mut scorer = Scorer::new(0);
+    assert!(scorer.add_batch(&map_point_rows(&rows)).is_empty());
+    let p = scorer.table().points;
+    // text: 3 points 1 of 2, 4 points 0 of 1 -> 0.25; map: 1 of 2 and 1 of 1 -> 0.75
+    assert!((p.average.unwrap() - 0.25).abs() < 1e-12, "{:?}", p.average);
+    assert!((p.from_depth_map.unwrap() - 0.75).abs() < 1e-12, "{:?}", p.from_depth_map);
+    let md = scorer.table().markdown();
+    assert!(
+        md.contains("| points | average accuracy read off its depth map (%) | 75.0 | 3 with a depth map |"),
+        "{md}"
+    );
+
+    // a point outside the image is that row's error, named
+    let mut scorer = Scorer::new(0);
+    let failed = scorer.add_batch(&map_point_rows(&[("(A)", "(A)", &[(8, 0), (1, 1), (2, 2)], (0, 0))]));
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].1.contains("point A at (8, 0) is outside the 8x8 image"), "{}", failed[0].1);
+}

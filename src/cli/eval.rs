@@ -1,5 +1,6 @@
 //! `perceptio eval`: evaluates a trained Perceptio on a dataset split through the embedded `dataflows/eval.yaml`
-//! (parquet replay -> `perceptio-infer` -> `perceptio-score`), with a progress bar, and prints the results table.
+//! (parquet replay -> `perceptio-infer` -> `perceptio-score`), with a progress bar, prints the results table and
+//! keeps every row's answer in a predictions file.
 //! [`evaluate`] is the same run for other commands (the demo).
 
 use std::path::{Path, PathBuf};
@@ -27,7 +28,8 @@ pub struct EvalArgs {
     /// Evaluate at most this many rows (in file order).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Write the table as JSON here (default: eval-{split}.json in the model directory).
+    /// Write the table as JSON here (default: eval-{split}.json in the model directory); the per-row answers go
+    /// beside it as `{stem}-predictions.parquet`.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// No progress bar.
@@ -50,6 +52,13 @@ pub fn resolve_checkpoint(checkpoint: &Path) -> anyhow::Result<PathBuf> {
         return Ok(dir);
     }
     Ok(checkpoint.to_path_buf())
+}
+
+/// Where the per-row answers of an evaluation whose table goes to `json_out` are written: beside it, named
+/// `{stem}-predictions.parquet`.
+pub fn predictions_path(json_out: &Path) -> PathBuf {
+    let stem = json_out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "eval".into());
+    json_out.with_file_name(format!("{stem}-predictions.parquet"))
 }
 
 /// The parquet glob for `data`: a folder holding `{split}-*.parquet` (directly or under `data/`), else `data` as
@@ -95,8 +104,10 @@ async fn run_eval(
     if json_out.exists() {
         std::fs::remove_file(json_out).with_context(|| format!("removing the old {}", json_out.display()))?;
     }
+    let predictions = predictions_path(json_out);
     let vars: Vec<(&str, String)> = vec![
         ("PERCEPTIO_MODEL", model.display().to_string()),
+        ("PERCEPTIO_PREDICTIONS", predictions.display().to_string()),
         ("PERCEPTIO_DATA", data_glob.to_string()),
         ("PERCEPTIO_OUT", errors_dir.display().to_string()),
         ("PERCEPTIO_EVAL_JSON", json_out.display().to_string()),
@@ -151,6 +162,6 @@ pub async fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     println!("{} on {glob}: {} rows in {secs:.1}s\n", model.display(), table.rows);
     print!("{}", table.markdown());
-    println!("\ntable: {}", json.display());
+    println!("\ntable: {}\nanswers per row: {}", json.display(), predictions_path(&json).display());
     Ok(())
 }

@@ -108,6 +108,11 @@ pub struct SynthConfig {
     pub point_counts: Vec<u32>,
     /// Point questions: the depths of any two points differ by at least this ratio.
     pub min_point_depth_ratio: f32,
+    /// Point questions: the closest point is the lowest one in the image only as often as chance (1 in n), as
+    /// HardBLINK picks its points so that a shortcut does not answer them. Without it the ground plane makes the
+    /// lowest marker the answer in about 80% of the questions, which a model can read off the image without any
+    /// depth.
+    pub balance_lowest_point: bool,
     /// An object counts as visible (may be referred to or counted) from this share of the image's pixels.
     pub min_visible_fraction: f32,
     /// Colour samples per pixel along each axis (1 = none, 2 = 2x2 supersampling). Depth and ids always come from
@@ -136,6 +141,7 @@ impl Default for SynthConfig {
             depth_expression_share: 0.5,
             point_counts: vec![3, 4, 5],
             min_point_depth_ratio: 1.15,
+            balance_lowest_point: true,
             min_visible_fraction: 0.002,
             antialias: 1,
             batch_rows: 256,

@@ -111,6 +111,32 @@ fn point_answers_are_the_closest_marked_point_and_markers_hide_no_point() {
     }
 }
 
+/// Share of point questions whose closest point is also the lowest marked point in the image.
+fn lowest_is_closest_share(cfg: &SynthConfig, scenes: u64) -> (f64, usize) {
+    let (mut lowest, mut questions) = (0, 0);
+    for i in 0..scenes {
+        for s in generate_scene(cfg, 5, i).samples.iter().filter(|s| s.task == TaskKind::Points) {
+            let p = s.points.as_ref().unwrap();
+            let max_row = *p.y.iter().max().unwrap();
+            lowest += usize::from(p.y[p.answer] == max_row);
+            questions += 1;
+        }
+    }
+    (lowest as f64 / questions.max(1) as f64, questions)
+}
+
+#[test]
+fn the_lowest_point_is_the_closest_only_as_often_as_chance() {
+    let balanced = cfg();
+    let (share, questions) = lowest_is_closest_share(&balanced, 150);
+    // chance over the 3/4/5-point cycle: (1/3 + 1/4 + 1/5) / 3 = 0.26
+    assert!(questions >= 120, "{questions} point questions from 150 scenes");
+    assert!((share - 0.26).abs() < 0.1, "lowest point is the answer in {share:.2} of {questions} questions");
+    let plain = SynthConfig { balance_lowest_point: false, ..cfg() };
+    let (share, questions) = lowest_is_closest_share(&plain, 150);
+    assert!(share > 0.6, "without the balance the ground plane decides: {share:.2} of {questions}");
+}
+
 #[test]
 fn vqa_answers_agree_with_the_scene_and_depth_rows_ask_for_depth() {
     let cfg = SynthConfig { vqa_per_scene: 4, ..cfg() };

@@ -9,7 +9,10 @@
 //!   over the answered rows only, mean IoU and the share of rows with IoU >= 0.5 (misses included).
 //! - **points** (`task = points`): accuracy of the letter named in `generated` (the first `(X)`, else the first
 //!   standalone A-E) against `answer`, per number of marked points (the length of `point_labels`), and their
-//!   unweighted mean (the HardBLINK average).
+//!   unweighted mean (the HardBLINK average). For rows whose answer decoded a depth map (`pred_depth`), also the
+//!   same accuracy of the answer the map itself gives: the marked point where the map is nearest (the largest
+//!   value at the map pixel under `point_x`, `point_y` of the `width` x `height` image; ties go to the first
+//!   point). It says whether the chain of thought holds the answer that the text then has to give.
 //! - **depth** (`task = depth`): the ground truth is the tokenizer target of the row's depth PNG
 //!   (`depth_target_from_png(depth, depth_scale, D)`, D = side of `pred_depth`, values in [-1, 1], +1 = nearest),
 //!   the model's target units. Per image: MSE over all D*D pixels in those units. Then both maps are mapped to
@@ -35,7 +38,7 @@ use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, ArrayRef, Float32Array, Float64Array, ListArray, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, Float32Array, Float64Array, Int32Array, ListArray, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
 use perceptio_models::depth::depth_target_from_png;
 use perceptio_runtime::node::error_port_schema;
@@ -105,6 +108,9 @@ pub struct PointsScore {
     pub by_points: Vec<PointsAccuracy>,
     /// Unweighted mean of the per-count accuracies.
     pub average: Option<f64>,
+    /// The same average for the answers read off the rows' own decoded depth maps (None without such rows).
+    #[serde(default)]
+    pub from_depth_map: Option<f64>,
 }
 
 /// Depth generation (see the module docs for the exact definitions).
@@ -219,6 +225,14 @@ impl EvalTable {
             fmt_opt(p.average, 100.0, 1),
             format!("{} ({} with a depth span)", p.samples, p.with_depth_span),
         );
+        if p.from_depth_map.is_some() {
+            row(
+                "points",
+                "average accuracy read off its depth map (%)",
+                fmt_opt(p.from_depth_map, 100.0, 1),
+                format!("{} with a depth map", p.with_depth_span),
+            );
+        }
         let d = &self.depth;
         let depth_rows = format!("{} ({} without a span)", d.samples, d.missing);
         row("depth", "MSE (normalised [-1, 1])", fmt_opt(d.mse, 1.0, 4), depth_rows.clone());
@@ -341,6 +355,8 @@ pub struct Scorer {
     pending: Vec<(Vec<bool>, usize, usize)>,
     points: PointMetrics,
     points_with_span: u64,
+    /// The answers the predicted depth maps give at the marked points.
+    points_from_map: PointMetrics,
     depth: DepthSums,
     vqa: AnswerMetrics,
 }
@@ -365,6 +381,72 @@ fn list(batch: &RecordBatch, name: &str, r: usize) -> Result<Option<ArrayRef>, S
     let Some(c) = batch.column_by_name(name) else { return Ok(None) };
     let l = c.as_any().downcast_ref::<ListArray>().ok_or_else(|| format!("column `{name}` is not a list"))?;
     Ok((!l.is_null(r)).then(|| l.value(r)))
+}
+
+/// The decoded depth map of row `r` and its side (None without one).
+fn pred_depth_map(batch: &RecordBatch, r: usize) -> Result<Option<(Vec<f32>, usize)>, String> {
+    let Some(pred) = list(batch, PRED_DEPTH, r)? else { return Ok(None) };
+    let pred = pred
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .ok_or_else(|| format!("column `{PRED_DEPTH}` is not a list of float32"))?
+        .values()
+        .to_vec();
+    let side = (pred.len() as f64).sqrt().round() as usize;
+    if side == 0 || side * side != pred.len() {
+        return Err(format!("predicted depth has {} values, not a square map", pred.len()));
+    }
+    Ok(Some((pred, side)))
+}
+
+/// Row `r` of int32 column `name`.
+fn int(batch: &RecordBatch, name: &str, r: usize) -> Result<i64, String> {
+    let c = batch.column_by_name(name).ok_or_else(|| format!("column `{name}` is missing"))?;
+    let a = c.as_any().downcast_ref::<Int32Array>().ok_or_else(|| format!("column `{name}` is not int32"))?;
+    if a.is_null(r) {
+        return Err(format!("{name} is null"));
+    }
+    Ok(i64::from(a.value(r)))
+}
+
+/// The int32 values of list column `name` at row `r`.
+fn int_list(batch: &RecordBatch, name: &str, r: usize) -> Result<Vec<i64>, String> {
+    let values = list(batch, name, r)?.ok_or_else(|| format!("{name} is missing or null"))?;
+    let a = values
+        .as_any()
+        .downcast_ref::<Int32Array>()
+        .ok_or_else(|| format!("column `{name}` is not a list of int32"))?;
+    Ok(a.values().iter().map(|&v| i64::from(v)).collect())
+}
+
+/// The label of the marked point the `side` x `side` depth map `map` (+1 = nearest) puts nearest: the largest
+/// value at the map pixel under each point's pixel centre.
+fn nearest_marked_point(batch: &RecordBatch, r: usize, map: &[f32], side: usize) -> Result<String, String> {
+    let (w, h) = (int(batch, "width", r)?, int(batch, "height", r)?);
+    if w <= 0 || h <= 0 {
+        return Err(format!("image size {w}x{h}"));
+    }
+    let (xs, ys) = (int_list(batch, "point_x", r)?, int_list(batch, "point_y", r)?);
+    let labels = list(batch, "point_labels", r)?.ok_or("point_labels is missing or null")?;
+    let labels = labels.as_any().downcast_ref::<StringArray>().ok_or("column `point_labels` is not a list of utf8")?;
+    if xs.len() != labels.len() || ys.len() != labels.len() || labels.is_empty() {
+        return Err(format!("{} point labels but {} x and {} y values", labels.len(), xs.len(), ys.len()));
+    }
+    let s = side as i64;
+    let mut best: Option<(usize, f32)> = None;
+    for (k, (&x, &y)) in xs.iter().zip(&ys).enumerate() {
+        if !(0..w).contains(&x) || !(0..h).contains(&y) {
+            return Err(format!("point {} at ({x}, {y}) is outside the {w}x{h} image", labels.value(k)));
+        }
+        // the map pixel that holds the point's pixel centre
+        let (col, row) = ((2 * x + 1) * s / (2 * w), (2 * y + 1) * s / (2 * h));
+        let v = map[(row * s + col) as usize];
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((k, v));
+        }
+    }
+    let (k, _) = best.expect("at least one point");
+    Ok(labels.value(k).to_string())
 }
 
 fn scale(batch: &RecordBatch, r: usize) -> Result<f32, String> {
@@ -411,9 +493,16 @@ impl Scorer {
                 let truth = text(batch, "answer", r)?.ok_or("answer is null")?;
                 let n = list(batch, "point_labels", r)?.ok_or("point_labels is missing or null")?.len();
                 let n = u32::try_from(n).map_err(|_| format!("{n} point labels"))?;
+                // everything is read before anything is counted, so a row that fails counts nowhere
+                let with_span = list(batch, super::infer::PRED_DEPTH_CODES, r)?.is_some();
+                let from_map = match pred_depth_map(batch, r)? {
+                    Some((map, side)) => Some(nearest_marked_point(batch, r, &map, side)?),
+                    None => None,
+                };
                 self.points.add(n, Some(generated), truth);
-                if list(batch, super::infer::PRED_DEPTH_CODES, r)?.is_some() {
-                    self.points_with_span += 1;
+                self.points_with_span += u64::from(with_span);
+                if let Some(letter) = from_map {
+                    self.points_from_map.add(n, Some(&format!("({letter})")), truth);
                 }
             }
             "depth" => self.add_depth(batch, r)?,
@@ -456,21 +545,11 @@ impl Scorer {
     }
 
     fn add_depth(&mut self, batch: &RecordBatch, r: usize) -> Result<(), String> {
-        let Some(pred) = list(batch, PRED_DEPTH, r)? else {
+        let Some((pred, side)) = pred_depth_map(batch, r)? else {
             self.depth.samples += 1;
             self.depth.missing += 1;
             return Ok(());
         };
-        let pred = pred
-            .as_any()
-            .downcast_ref::<Float32Array>()
-            .ok_or_else(|| format!("column `{PRED_DEPTH}` is not a list of float32"))?
-            .values()
-            .to_vec();
-        let side = (pred.len() as f64).sqrt().round() as usize;
-        if side == 0 || side * side != pred.len() {
-            return Err(format!("predicted depth has {} values, not a square map", pred.len()));
-        }
         let png = bytes(batch, "depth", r)?.ok_or("a depth row without a ground-truth `depth`")?;
         let gt = depth_target_from_png(png, scale(batch, r)?, side).map_err(|e| format!("depth: {e}"))?;
         let id = text(batch, "sample_id", r).ok().flatten().map_or_else(|| format!("row {r}"), str::to_string);
@@ -522,6 +601,7 @@ impl Scorer {
             samples: by_points.iter().map(|p| p.total).sum(),
             with_depth_span: self.points_with_span,
             average: self.points.average(),
+            from_depth_map: self.points_from_map.average(),
             by_points,
         };
         let d = &self.depth;

@@ -248,6 +248,15 @@ impl Report {
                 let _ = writeln!(s, "- Referring segmentation: no referring rows were evaluated.");
             }
         }
+        if let (Some(text), Some(map)) = (full.table.points_average(), full.table.points.from_depth_map) {
+            let _ = writeln!(
+                s,
+                "- Does the full model use its depth map on point questions? Its answers score {:.1}%; the answer its \
+                 own decoded depth map gives (the marked point where the map is nearest) would score {:.1}%.",
+                100.0 * text,
+                100.0 * map
+            );
+        }
         let d = &full.table.depth;
         if let (Some(mse), Some(blind), Some(spread)) = (d.mse, d.blind_mse, d.prediction_spread) {
             let verdict = if mse < blind {

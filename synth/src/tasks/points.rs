@@ -1,6 +1,7 @@
 //! HardBLINK-style point questions: 3-5 points on visible surfaces (objects or ground) whose depths differ by a
 //! clear ratio, away from depth edges, with marker footprints that neither overlap nor leave the image. The
-//! closest point's letter follows a fixed cycle over the dataset, so answer letters are balanced.
+//! closest point's letter follows a fixed cycle over the dataset, so answer letters are balanced, and (with
+//! `balance_lowest_point`) the closest point is the lowest in the image only as often as chance.
 
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -29,6 +30,10 @@ impl PointSet {
         format!("({})", self.labels[self.answer])
     }
 }
+
+/// Point layouts drawn per question before a scene gives up on the balance (most scenes need a few: without it
+/// the lowest point is the closest in about 4 of 5 layouts).
+const LAYOUT_ATTEMPTS: usize = 48;
 
 /// Letters for up to 5 points.
 pub const LETTERS: [char; 5] = ['A', 'B', 'C', 'D', 'E'];
@@ -103,9 +108,21 @@ fn pick<R: Rng>(
 pub fn generate<R: Rng>(rng: &mut R, r: &Rendered, cfg: &SynthConfig, g: u64, k: u32) -> Option<Sample> {
     let (n, answer_letter) = schedule(&cfg.point_counts, g);
     let style = MarkerStyle::for_size(r.width.min(r.height));
-    let pts = pick(rng, r, cfg, n, &style)?;
     let depth_at = |&(x, y): &(u32, u32)| r.depth[(y * r.width + x) as usize];
-    let closest = (0..n).min_by(|&a, &b| depth_at(&pts[a]).total_cmp(&depth_at(&pts[b])))?;
+    let closest_of = |pts: &[(u32, u32)]| (0..n).min_by(|&a, &b| depth_at(&pts[a]).total_cmp(&depth_at(&pts[b])));
+    // Whether the closest point may be the lowest one (largest row): with the balance, in 1 of n questions.
+    let want_lowest = if cfg.balance_lowest_point { Some(rng.random_range(0..n) == 0) } else { None };
+    let mut found = None;
+    for _attempt in 0..LAYOUT_ATTEMPTS {
+        let pts = pick(rng, r, cfg, n, &style)?;
+        let closest = closest_of(&pts)?;
+        let lowest = pts[closest].1 >= pts.iter().map(|p| p.1).max()?;
+        if want_lowest.is_none_or(|w| w == lowest) {
+            found = Some((pts, closest));
+            break;
+        }
+    }
+    let (pts, closest) = found?;
     // letters: the closest point gets the scheduled letter, the others the rest in random order
     let mut rest: Vec<usize> = (0..n).filter(|&l| l != answer_letter).collect();
     rest.shuffle(rng);
