@@ -113,6 +113,8 @@ pub struct SynthConfig {
     /// lowest marker the answer in about 80% of the questions, which a model can read off the image without any
     /// depth.
     pub balance_lowest_point: bool,
+    /// Point markers: letters drawn this many times the 5x7 pixel font (0: one step per 128 px of image side).
+    pub marker_scale: u32,
     /// An object counts as visible (may be referred to or counted) from this share of the image's pixels.
     pub min_visible_fraction: f32,
     /// Colour samples per pixel along each axis (1 = none, 2 = 2x2 supersampling). Depth and ids always come from
@@ -142,6 +144,7 @@ impl Default for SynthConfig {
             point_counts: vec![3, 4, 5],
             min_point_depth_ratio: 1.15,
             balance_lowest_point: true,
+            marker_scale: 0,
             min_visible_fraction: 0.002,
             antialias: 1,
             batch_rows: 256,

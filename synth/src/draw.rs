@@ -105,7 +105,13 @@ pub struct MarkerStyle {
 
 impl MarkerStyle {
     pub fn for_size(size: u32) -> Self {
-        let s = (size / 128).max(1) as i32;
+        Self::with_letter_scale(size, 0)
+    }
+
+    /// The markers of an image of side `size` with letters drawn `scale` times the 5x7 font (0: size / 128, at
+    /// least 1); the ring, box padding and gap follow the letter scale.
+    pub fn with_letter_scale(size: u32, scale: u32) -> Self {
+        let s = if scale == 0 { (size / 128).max(1) } else { scale } as i32;
         MarkerStyle { radius: (size as i32 / 32).max(3), thickness: s, font_scale: s as u32, pad: s, gap: s }
     }
 
@@ -142,8 +148,8 @@ mod tests {
 
     #[test]
     fn marker_paints_only_inside_its_footprint_and_spares_the_point() {
-        for size in [64u32, 128, 256] {
-            let st = MarkerStyle::for_size(size);
+        for (size, scale) in [(64u32, 0), (128, 0), (256, 0), (128, 2)] {
+            let st = MarkerStyle::with_letter_scale(size, scale);
             let mut rgb = vec![7u8; (size * size * 3) as usize];
             let (x, y) = (size as i32 / 2, size as i32 / 2);
             st.draw(&mut Canvas { rgb: &mut rgb, width: size, height: size }, x, y, 'C');

@@ -107,7 +107,7 @@ fn pick<R: Rng>(
 /// The `g`-th point question of the dataset (the `k`-th of its scene), or None when the scene has no valid layout.
 pub fn generate<R: Rng>(rng: &mut R, r: &Rendered, cfg: &SynthConfig, g: u64, k: u32) -> Option<Sample> {
     let (n, answer_letter) = schedule(&cfg.point_counts, g);
-    let style = MarkerStyle::for_size(r.width.min(r.height));
+    let style = MarkerStyle::with_letter_scale(r.width.min(r.height), cfg.marker_scale);
     let depth_at = |&(x, y): &(u32, u32)| r.depth[(y * r.width + x) as usize];
     let closest_of = |pts: &[(u32, u32)]| (0..n).min_by(|&a, &b| depth_at(&pts[a]).total_cmp(&depth_at(&pts[b])));
     // Whether the closest point may be the lowest one (largest row): with the balance, in 1 of n questions.
