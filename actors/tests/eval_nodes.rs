@@ -470,6 +470,7 @@ fn score_reads_the_answer_off_the_predicted_depth_map() {
     // text: 3 points 1 of 2, 4 points 0 of 1 -> 0.25; map: 1 of 2 and 1 of 1 -> 0.75
     assert!((p.average.unwrap() - 0.25).abs() < 1e-12, "{:?}", p.average);
     assert!((p.from_depth_map.unwrap() - 0.75).abs() < 1e-12, "{:?}", p.from_depth_map);
+    assert_eq!((p.samples, p.with_depth_span, p.with_depth_map), (3, 3, 3));
     let md = scorer.table().markdown();
     assert!(
         md.contains("| points | average accuracy read off its depth map (%) | 75.0 | 3 with a depth map |"),

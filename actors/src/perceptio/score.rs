@@ -108,6 +108,9 @@ pub struct PointsScore {
     pub by_points: Vec<PointsAccuracy>,
     /// Unweighted mean of the per-count accuracies.
     pub average: Option<f64>,
+    /// Rows whose answer decoded a depth map (a complete span).
+    #[serde(default)]
+    pub with_depth_map: u64,
     /// The same average for the answers read off the rows' own decoded depth maps (None without such rows).
     #[serde(default)]
     pub from_depth_map: Option<f64>,
@@ -230,7 +233,7 @@ impl EvalTable {
                 "points",
                 "average accuracy read off its depth map (%)",
                 fmt_opt(p.from_depth_map, 100.0, 1),
-                format!("{} with a depth map", p.with_depth_span),
+                format!("{} with a depth map", p.with_depth_map),
             );
         }
         let d = &self.depth;
@@ -355,8 +358,9 @@ pub struct Scorer {
     pending: Vec<(Vec<bool>, usize, usize)>,
     points: PointMetrics,
     points_with_span: u64,
-    /// The answers the predicted depth maps give at the marked points.
+    /// The answers the predicted depth maps give at the marked points, and how many rows had a map.
     points_from_map: PointMetrics,
+    points_with_map: u64,
     depth: DepthSums,
     vqa: AnswerMetrics,
 }
@@ -503,6 +507,7 @@ impl Scorer {
                 self.points_with_span += u64::from(with_span);
                 if let Some(letter) = from_map {
                     self.points_from_map.add(n, Some(&format!("({letter})")), truth);
+                    self.points_with_map += 1;
                 }
             }
             "depth" => self.add_depth(batch, r)?,
@@ -601,6 +606,7 @@ impl Scorer {
             samples: by_points.iter().map(|p| p.total).sum(),
             with_depth_span: self.points_with_span,
             average: self.points.average(),
+            with_depth_map: self.points_with_map,
             from_depth_map: self.points_from_map.average(),
             by_points,
         };

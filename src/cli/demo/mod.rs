@@ -3,9 +3,9 @@
 //! (`dataflows/cache-depth-codes.yaml`), initialises a tiny Perceptio with its image aligned to the depth-code
 //! grid, pretrains its SAM2 on the world's masks (`perceptio pretrain-sam2`), trains it twice through the actor
 //! graph (`dataflows/train.yaml`: the full model, first on depth questions alone and then on the task mixture,
-//! and the "no depth tokens" ablation for as many steps on its mixture), evaluates both on the held-out test split
-//! (`dataflows/eval.yaml`) and writes `report.md` with the results table, training curves and sample answers.
-//! `--quick` runs the same stages smaller.
+//! and the "no depth tokens" ablation for the same number of mixture steps), evaluates both on the held-out test
+//! split (`dataflows/eval.yaml`) and writes `report.md` with the results table, training curves and sample
+//! answers. `--quick` runs the same stages smaller.
 
 mod plot;
 mod report;

@@ -104,13 +104,15 @@ fn pick<R: Rng>(
     None
 }
 
-/// The `g`-th point question of the dataset (the `k`-th of its scene), or None when the scene has no valid layout.
+/// The `g`-th point question of the dataset (the `k`-th of its scene), or None when the scene has no valid layout
+/// (or, with the balance, none that meets it within [`LAYOUT_ATTEMPTS`] draws).
 pub fn generate<R: Rng>(rng: &mut R, r: &Rendered, cfg: &SynthConfig, g: u64, k: u32) -> Option<Sample> {
     let (n, answer_letter) = schedule(&cfg.point_counts, g);
     let style = MarkerStyle::with_letter_scale(r.width.min(r.height), cfg.marker_scale);
     let depth_at = |&(x, y): &(u32, u32)| r.depth[(y * r.width + x) as usize];
     let closest_of = |pts: &[(u32, u32)]| (0..n).min_by(|&a, &b| depth_at(&pts[a]).total_cmp(&depth_at(&pts[b])));
-    // Whether the closest point may be the lowest one (largest row): with the balance, in 1 of n questions.
+    // Whether the closest point is to be the lowest one (largest row): with the balance, in 1 of n questions;
+    // without it, whatever the layout gives.
     let want_lowest = if cfg.balance_lowest_point { Some(rng.random_range(0..n) == 0) } else { None };
     let mut found = None;
     for _attempt in 0..LAYOUT_ATTEMPTS {
