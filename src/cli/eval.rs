@@ -54,11 +54,17 @@ pub fn resolve_checkpoint(checkpoint: &Path) -> anyhow::Result<PathBuf> {
     Ok(checkpoint.to_path_buf())
 }
 
-/// Where the per-row answers of an evaluation whose table goes to `json_out` are written: beside it, named
-/// `{stem}-predictions.parquet`.
-pub fn predictions_path(json_out: &Path) -> PathBuf {
+/// A path beside the table `json_out` of an evaluation: `{stem}-{suffix}` in its folder.
+fn beside(json_out: &Path, suffix: &str) -> PathBuf {
+    let dir = json_out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let stem = json_out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "eval".into());
-    json_out.with_file_name(format!("{stem}-predictions.parquet"))
+    dir.join(format!("{stem}-{suffix}"))
+}
+
+/// Where the per-row answers of an evaluation whose table goes to `json_out` are written:
+/// `{stem}-predictions.parquet` beside it (the error files go to `{stem}-errors/`).
+pub fn predictions_path(json_out: &Path) -> PathBuf {
+    beside(json_out, "predictions.parquet")
 }
 
 /// The parquet glob for `data`: a folder holding `{split}-*.parquet` (directly or under `data/`), else `data` as
@@ -96,11 +102,7 @@ async fn run_eval(
     quiet: bool,
 ) -> anyhow::Result<EvalTable> {
     let model = resolve_checkpoint(checkpoint)?;
-    let out_dir = json_out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let errors_dir = out_dir.join(format!(
-        "{}-errors",
-        json_out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "eval".into())
-    ));
+    let errors_dir = beside(json_out, "errors");
     if json_out.exists() {
         std::fs::remove_file(json_out).with_context(|| format!("removing the old {}", json_out.display()))?;
     }

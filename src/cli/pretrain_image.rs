@@ -21,7 +21,7 @@ use perceptio_models::perceptio::image_pretrain::{
 };
 use perceptio_synth::metrics::MapMoments;
 
-use super::rows::{Shuffled, read_rows, step_bar};
+use super::rows::{Shuffled, StepProgress, first_and_last_means, read_rows};
 
 /// Side of the depth block each image token predicts.
 const BLOCK: usize = 4;
@@ -111,32 +111,20 @@ pub fn pretrain_with(
     let data = DepthSet::read(data_glob, size, side)?;
 
     let steps = pcfg.steps;
-    let bar = step_bar(steps)?;
+    let progress = StepProgress::new(steps)?;
     let mut order = Shuffled::new(data.len(), seed);
     let mut history = Vec::with_capacity(steps);
-    let report_every = (steps / 6).max(1);
     let model = pretrain_image_encoder(model, pcfg, size, &mut |n| data.batch(&order.take(n)), &mut |step, loss| {
         history.push(loss);
-        bar.set_position(step as u64);
-        bar.set_message(format!("depth MSE {loss:.4}"));
-        if step % report_every == 0 {
-            let line = format!("step {step}: depth MSE {loss:.4}");
-            if bar.is_hidden() { println!("{line}") } else { bar.println(line) }
-        }
+        progress.step(step, format!("depth MSE {loss:.4}"));
     })
     .context("pretraining the image encoder")?;
-    bar.finish_and_clear();
+    progress.finish();
     save_part(model_dir, Part::Image, &model.part)?;
 
-    let window = (steps / 10).clamp(1, 20);
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let summary = ImagePretrainSummary {
-        first_loss: mean(&history[..window.min(history.len())]),
-        last_loss: mean(&history[history.len().saturating_sub(window)..]),
-        window,
-        images: data.len(),
-        secs: start.elapsed().as_secs_f64(),
-    };
+    let (first_loss, last_loss, window) = first_and_last_means(&history, steps);
+    let summary =
+        ImagePretrainSummary { first_loss, last_loss, window, images: data.len(), secs: start.elapsed().as_secs_f64() };
     let held = match val_glob {
         None => None,
         Some(glob) => {
@@ -147,7 +135,11 @@ pub fn pretrain_with(
             for chunk in idx.chunks(32) {
                 errors.extend(depth_mse(&plain, &val.batch(chunk)?).context("measuring the held-out depth MSE")?);
             }
-            Some(HeldOutDepth { mse: mean(&errors), blind_mse: val.blind_mse(), images: val.len() })
+            Some(HeldOutDepth {
+                mse: errors.iter().sum::<f64>() / errors.len().max(1) as f64,
+                blind_mse: val.blind_mse(),
+                images: val.len(),
+            })
         }
     };
     Ok((summary, held))

@@ -16,7 +16,7 @@ use perceptio_models::perceptio::image::encoder_input;
 use perceptio_models::sam2::Sam2;
 use perceptio_models::sam2::pretrain::{MaskBatch, Sam2PretrainConfig, evaluate_points, pretrain_sam2};
 
-use super::rows::{Shuffled, read_rows, step_bar};
+use super::rows::{Shuffled, StepProgress, first_and_last_means, read_rows};
 
 /// Arguments of `perceptio pretrain-sam2`.
 #[derive(clap::Args, Debug)]
@@ -109,33 +109,23 @@ pub fn pretrain_with(model_dir: &Path, data_glob: &str, pcfg: &Sam2PretrainConfi
     let mut seg = load_part(model_dir, Part::Seg, seg)?;
     let seed = pcfg.seed;
 
-    let bar = step_bar(steps)?;
+    let progress = StepProgress::new(steps)?;
     let mut order = Shuffled::new(data.len(), seed);
-    let mut history: Vec<(f64, f64)> = Vec::with_capacity(steps);
+    let (mut losses, mut ious) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
     let mut ema: Option<(f64, f64)> = None;
-    let report_every = (steps / 6).max(1);
     seg.sam2 = pretrain_sam2(seg.sam2, pcfg, &mut |n| data.batch(&order.take(n)), &mut |step, loss, iou| {
-        history.push((loss, iou));
+        losses.push(loss);
+        ious.push(iou);
         let (l, i) = ema.map_or((loss, iou), |(l, i)| (0.95 * l + 0.05 * loss, 0.95 * i + 0.05 * iou));
         ema = Some((l, i));
-        bar.set_position(step as u64);
-        bar.set_message(format!("loss {l:.4} IoU {i:.3}"));
-        if step % report_every == 0 {
-            let line = format!("step {step}: loss {l:.4} IoU {i:.3} (running means)");
-            if bar.is_hidden() { println!("{line}") } else { bar.println(line) }
-        }
+        progress.step(step, format!("loss {l:.4} IoU {i:.3} (running means)"));
     })
     .context("pretraining SAM2")?;
-    bar.finish();
+    progress.finish();
     save_part(model_dir, Part::Seg, &seg)?;
 
-    let window = (steps / 10).clamp(1, 20);
-    let mean = |rows: &[(f64, f64)]| {
-        let n = rows.len().max(1) as f64;
-        (rows.iter().map(|r| r.0).sum::<f64>() / n, rows.iter().map(|r| r.1).sum::<f64>() / n)
-    };
-    let (first_loss, first_iou) = mean(&history[..window.min(history.len())]);
-    let (last_loss, last_iou) = mean(&history[history.len().saturating_sub(window)..]);
+    let (first_loss, last_loss, window) = first_and_last_means(&losses, steps);
+    let (first_iou, last_iou, _) = first_and_last_means(&ious, steps);
     Ok(PretrainSummary { first_loss, last_loss, first_iou, last_iou, window, secs: start.elapsed().as_secs_f64() })
 }
 

@@ -1,6 +1,6 @@
 //! What the pretraining and init subcommands share: listing a parquet glob, reading its rows through a per-row
-//! closure (errors name the file and row), seeded shuffled epochs over the rows, and the step progress bar of a
-//! training loop.
+//! closure (errors name the file and row), seeded shuffled epochs over the rows, and the step progress and loss
+//! summary of a training loop.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -58,6 +58,41 @@ pub fn step_bar(steps: usize) -> anyhow::Result<ProgressBar> {
             .context("progress bar template")?,
     );
     Ok(bar)
+}
+
+/// The progress of a pretraining loop: the step bar, with a printed line every sixth of the run (so that a log
+/// without a terminal still shows the numbers).
+pub struct StepProgress {
+    bar: ProgressBar,
+    every: usize,
+}
+
+impl StepProgress {
+    pub fn new(steps: usize) -> anyhow::Result<Self> {
+        Ok(Self { bar: step_bar(steps)?, every: (steps / 6).max(1) })
+    }
+
+    /// Step `step` is done; `numbers` are its running numbers ("depth MSE 0.0210").
+    pub fn step(&self, step: usize, numbers: String) {
+        self.bar.set_position(step as u64);
+        if step % self.every == 0 {
+            let line = format!("step {step}: {numbers}");
+            if self.bar.is_hidden() { println!("{line}") } else { self.bar.println(line) }
+        }
+        self.bar.set_message(numbers);
+    }
+
+    pub fn finish(self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Means of the first and of the last `window` values of a loop's history, with the window a tenth of its
+/// `steps` (1 to 20): (first, last, window).
+pub fn first_and_last_means(history: &[f64], steps: usize) -> (f64, f64, usize) {
+    let window = (steps / 10).clamp(1, 20);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    (mean(&history[..window.min(history.len())]), mean(&history[history.len().saturating_sub(window)..]), window)
 }
 
 /// Endless epochs over `0..n`, each in a fresh order drawn from a seeded SplitMix64 stream.

@@ -218,12 +218,8 @@ impl Preparer {
         let tokenizer =
             TextTokenizer::from_file(dir.join(TOKENIZER_FILE)).map_err(|e| NodeError::msg(e.to_string()))?;
         let specials = special_tokens(&tokenizer, cfg.num_codes()).map_err(|e| NodeError::msg(e.to_string()))?;
-        let sequence = SequenceConfig::new(cfg.image_tokens())
-            .with_depth_tokens(depth_tokens)
-            .with_seg_tokens(seg_tokens)
-            .with_span_len(cfg.vqvae.grid_size() * cfg.vqvae.grid_size())
-            .with_max_len(max_len)
-            .with_image_last(cfg.image_last);
+        let sequence =
+            cfg.sequence_config().with_depth_tokens(depth_tokens).with_seg_tokens(seg_tokens).with_max_len(max_len);
         let prep = Preparer {
             tokenizer,
             specials,

@@ -84,7 +84,7 @@ pub fn model_specials(dir: &std::path::Path) -> Result<(SpecialTokens, usize), S
     let tok =
         perceptio_models::tokenizer::TextTokenizer::from_file(dir.join(TOKENIZER_FILE)).map_err(|e| e.to_string())?;
     let sp = perceptio_models::perceptio::tokens::special_tokens(&tok, cfg.num_codes()).map_err(|e| e.to_string())?;
-    Ok((sp, cfg.vqvae.grid_size() * cfg.vqvae.grid_size()))
+    Ok((sp, cfg.sequence_config().span_len))
 }
 
 struct TokenRouter {

@@ -96,6 +96,14 @@ impl PerceptioConfig {
         self.image_last = true;
     }
 
+    /// How this model's prompts and answers are laid out: its image tokens, a span of one code per cell of the
+    /// depth-code grid, and the image's place in the prompt. Training, inference and serving all start from it.
+    pub fn sequence_config(&self) -> super::sequence::SequenceConfig {
+        super::sequence::SequenceConfig::new(self.image_tokens())
+            .with_span_len(self.vqvae.num_tokens())
+            .with_image_last(self.image_last)
+    }
+
     /// Number of K depth codes (the VQ-VAE codebook size).
     pub fn num_codes(&self) -> usize {
         self.vqvae.num_codes

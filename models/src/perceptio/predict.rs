@@ -160,9 +160,7 @@ impl TextSide {
         let tokenizer = TextTokenizer::from_file(&path)
             .map_err(|e| PredictError::Tokenizer { path: path.display().to_string(), message: e.to_string() })?;
         let specials = special_tokens(&tokenizer, cfg.num_codes())?;
-        let span = cfg.vqvae.grid_size() * cfg.vqvae.grid_size();
-        let sequence = SequenceConfig::new(cfg.image_tokens()).with_span_len(span).with_image_last(cfg.image_last);
-        Ok(Self { tokenizer, specials, sequence })
+        Ok(Self { tokenizer, specials, sequence: cfg.sequence_config() })
     }
 
     /// The tokenised prompt of `question`; errors on a prompt longer than the model's limit.

@@ -317,7 +317,11 @@ impl Report {
             );
         }
         let _ = writeln!(s, "## Training (`dataflows/train.yaml`)\n");
-        let _ = writeln!(s, "Mean loss terms over the first and the last 10 micro-batches of each run:\n");
+        let _ = writeln!(
+            s,
+            "Mean loss terms over the first and the last 10 micro-batches that have them, over each model's whole \
+             schedule (a model trained in stages starts with its first stage):\n"
+        );
         let _ = writeln!(s, "| run | term | first 10 | last 10 |\n|---|---|---|---|");
         for r in &self.runs {
             for (term, _) in &r.curve.terms {
