@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cli::{
-    ask, dataflow, demo, depth, eval, generate, init_model, pretrain_image, pretrain_sam2, segment, synth, train_vqvae,
+    ask, dataflow, demo, depth, eval, generate, init_model, pretrain_image, pretrain_markers, pretrain_sam2, segment,
+    synth, train_vqvae,
 };
 
 /// perceptio trains and serves perception-enhanced vision-language models as a backpressured actor dataflow.
@@ -45,6 +46,8 @@ enum Command {
     InitModel(init_model::InitModelArgs),
     /// Pretrain a model directory's image encoder (InternViT + projector) on a dataset's depth maps.
     PretrainImage(pretrain_image::PretrainImageArgs),
+    /// Pretrain a model directory's image encoder to read the point markers of a dataset's point questions.
+    PretrainMarkers(pretrain_markers::PretrainMarkersArgs),
     /// Pretrain a model directory's SAM2 on a dataset's masks (point prompts) before Perceptio training.
     PretrainSam2(pretrain_sam2::PretrainSam2Args),
     /// Evaluate a trained Perceptio on a dataset split (dataflows/eval.yaml) and print the results table.
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::TrainVqvae(args) => train_vqvae::run(args).map(|_| ()),
         Command::InitModel(args) => init_model::run(args),
         Command::PretrainImage(args) => pretrain_image::run(args),
+        Command::PretrainMarkers(args) => pretrain_markers::run(args),
         Command::PretrainSam2(args) => pretrain_sam2::run(args),
         Command::Eval(args) => tokio_main(eval::run(args)),
         Command::Ask(args) => ask::run(args),

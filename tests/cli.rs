@@ -172,7 +172,17 @@ fn init_model_refuses_sizes_it_cannot_build() {
     let (code, err) = run(&["--rope-theta", "0.5"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("`vlm.text.rope_theta`: 0.5 is not a number above 1"), "{err}");
+    let (code, err) = run(&["--vision-width", "30"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("`vlm.vision.hidden_size`: 30 is not a positive multiple of the 4 attention heads"), "{err}");
+    let (code, err) = run(&["--vision-layers", "0"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("`vlm.vision.num_hidden_layers`: the InternViT needs at least one layer"), "{err}");
     // sizes that build get as far as the missing data
+    let (code, err) =
+        run(&["--patch-size", "7", "--image-size", "140", "--vision-width", "128", "--vision-layers", "3"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("matches no file"), "{err}");
     let (code, err) = run(&["--image-size", "140", "--pixel-shuffle", "1"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("matches no file"), "{err}");

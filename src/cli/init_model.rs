@@ -32,6 +32,15 @@ pub struct InitModelArgs {
     /// RoPE base of the LLM (default 1000000, Qwen2's).
     #[arg(long)]
     pub rope_theta: Option<f64>,
+    /// Patch side of the InternViT in pixels (default 14).
+    #[arg(long)]
+    pub patch_size: Option<usize>,
+    /// Width of the InternViT (default 64; its MLP is twice as wide).
+    #[arg(long)]
+    pub vision_width: Option<usize>,
+    /// Layers of the InternViT (default 2).
+    #[arg(long)]
+    pub vision_layers: Option<usize>,
     /// Prompts put the image after the question (InternVL puts it first).
     #[arg(long)]
     pub image_last: bool,
@@ -52,6 +61,16 @@ impl InitModelArgs {
         }
         if let Some(shuffle) = self.pixel_shuffle {
             cfg.vlm.shuffle = shuffle;
+        }
+        if let Some(patch) = self.patch_size {
+            cfg.vlm.vision.patch_size = patch;
+        }
+        if let Some(width) = self.vision_width {
+            cfg.vlm.vision.hidden_size = width;
+            cfg.vlm.vision.intermediate_size = 2 * width;
+        }
+        if let Some(layers) = self.vision_layers {
+            cfg.vlm.vision.num_hidden_layers = layers;
         }
         if let Some(theta) = self.rope_theta {
             cfg.vlm.text.rope_theta = theta;

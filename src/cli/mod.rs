@@ -8,6 +8,7 @@ pub mod eval;
 pub mod generate;
 pub mod init_model;
 pub mod pretrain_image;
+pub mod pretrain_markers;
 pub mod pretrain_sam2;
 pub mod rows;
 pub mod segment;

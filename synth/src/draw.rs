@@ -1,6 +1,8 @@
 //! Raster drawing on RGB buffers: rectangles, rings, text, and the HardBLINK point marker (a red circle around the
 //! point and a white letter on a black box above it) with its exact footprint.
 
+use rand::Rng;
+
 use crate::font::{GLYPH_H, GLYPH_W, glyph};
 
 /// An axis-aligned pixel rectangle, `x0..x1` by `y0..y1` (exclusive ends).
@@ -126,6 +128,12 @@ impl MarkerStyle {
         Rect { x0, y0: y1 - bh, x1: x0 + bw, y1 }
     }
 
+    /// The centre pixel of the letter box of a marker at (x, y).
+    pub fn letter_centre(&self, x: i32, y: i32) -> (i32, i32) {
+        let b = self.label_box(x, y);
+        ((b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2)
+    }
+
     /// Every pixel a marker at (x, y) may paint lies in this rectangle.
     pub fn footprint(&self, x: i32, y: i32) -> Rect {
         let b = self.label_box(x, y);
@@ -140,6 +148,34 @@ impl MarkerStyle {
         canvas.fill_rect(b, [0, 0, 0]);
         canvas.text(b.x0 + self.pad, b.y0 + self.pad, &letter.to_string(), self.font_scale, [255, 255, 255]);
     }
+}
+
+/// Draws `n` markers labelled A, B, ... at random points of the canvas, their footprints inside it and one pixel
+/// apart (the layout rule of the point questions, without their depth rules); the points (x, y) in letter order,
+/// or None when `attempts` draws per marker cannot place them all.
+pub fn draw_random_markers<R: Rng>(
+    canvas: &mut Canvas<'_>,
+    style: &MarkerStyle,
+    n: usize,
+    attempts: usize,
+    rng: &mut R,
+) -> Option<Vec<(u32, u32)>> {
+    let (w, h) = (canvas.width, canvas.height);
+    let mut points: Vec<(u32, u32)> = Vec::with_capacity(n);
+    let mut taken: Vec<Rect> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let spot = (0..attempts).find_map(|_| {
+            let (x, y) = (rng.random_range(0..w), rng.random_range(0..h));
+            let fp = style.footprint(x as i32, y as i32);
+            (fp.inside(w, h) && !taken.iter().any(|t| fp.grown(1).intersects(t))).then_some((x, y, fp))
+        })?;
+        points.push((spot.0, spot.1));
+        taken.push(spot.2);
+    }
+    for (k, &(x, y)) in points.iter().enumerate() {
+        style.draw(canvas, x as i32, y as i32, char::from(b'A' + k as u8));
+    }
+    Some(points)
 }
 
 #[cfg(test)]
@@ -168,5 +204,36 @@ mod tests {
             let i = 3 * (y as usize * size as usize + x as usize);
             assert_eq!(&rgb[i..i + 3], &[7, 7, 7], "the marked pixel stays visible");
         }
+    }
+
+    #[test]
+    fn random_markers_are_drawn_apart_inside_the_image() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let style = MarkerStyle::for_size(128);
+        for n in 3..=5 {
+            let mut rgb = vec![90u8; 128 * 128 * 3];
+            let mut canvas = Canvas { rgb: &mut rgb, width: 128, height: 128 };
+            let points = draw_random_markers(&mut canvas, &style, n, 64, &mut rng).expect("room for 5 markers");
+            assert_eq!(points.len(), n);
+            for (i, &(x, y)) in points.iter().enumerate() {
+                let fp = style.footprint(x as i32, y as i32);
+                assert!(fp.inside(128, 128), "{fp:?}");
+                for &(x2, y2) in &points[i + 1..] {
+                    assert!(!fp.grown(1).intersects(&style.footprint(x2 as i32, y2 as i32)));
+                }
+                // the ring is red just inside its radius, the letter box black above it
+                let px = |x: i32, y: i32| &rgb[3 * (y as usize * 128 + x as usize)..][..3];
+                assert_eq!(px(x as i32 + style.radius, y as i32), [255, 0, 0]);
+                let b = style.label_box(x as i32, y as i32);
+                assert_eq!(px(b.x0, b.y0), [0, 0, 0]);
+                let (cx, cy) = style.letter_centre(x as i32, y as i32);
+                assert!(b.contains(cx, cy) && cy < y as i32 - style.radius, "({cx}, {cy}) in {b:?}");
+            }
+        }
+        // no room: a 20 px canvas cannot hold 5 markers
+        let mut small = vec![0u8; 20 * 20 * 3];
+        let mut canvas = Canvas { rgb: &mut small, width: 20, height: 20 };
+        assert_eq!(draw_random_markers(&mut canvas, &style, 5, 64, &mut rng), None);
     }
 }

@@ -423,9 +423,19 @@ fn int_list(batch: &RecordBatch, name: &str, r: usize) -> Result<Vec<i64>, Strin
     Ok(a.values().iter().map(|&v| i64::from(v)).collect())
 }
 
-/// The label of the marked point the `side` x `side` depth map `map` (+1 = nearest) puts nearest: the largest
-/// value at the map pixel under each point's pixel centre.
-fn nearest_marked_point(batch: &RecordBatch, r: usize, map: &[f32], side: usize) -> Result<String, String> {
+/// The marked points of a point-question row: the image size, and each point's pixel and label in letter order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarkedPoints {
+    pub width: i64,
+    pub height: i64,
+    /// (x, y) pixel of each point, inside the image.
+    pub points: Vec<(i64, i64)>,
+    pub labels: Vec<String>,
+}
+
+/// The marked points of row `r` (`width`, `height`, `point_x`, `point_y`, `point_labels`); an error names the
+/// column or the point that is wrong.
+pub fn marked_points(batch: &RecordBatch, r: usize) -> Result<MarkedPoints, String> {
     let (w, h) = (int(batch, "width", r)?, int(batch, "height", r)?);
     if w <= 0 || h <= 0 {
         return Err(format!("image size {w}x{h}"));
@@ -436,12 +446,22 @@ fn nearest_marked_point(batch: &RecordBatch, r: usize, map: &[f32], side: usize)
     if xs.len() != labels.len() || ys.len() != labels.len() || labels.is_empty() {
         return Err(format!("{} point labels but {} x and {} y values", labels.len(), xs.len(), ys.len()));
     }
+    let labels: Vec<String> = (0..labels.len()).map(|k| labels.value(k).to_string()).collect();
+    let points: Vec<(i64, i64)> = xs.into_iter().zip(ys).collect();
+    if let Some((k, (x, y))) = points.iter().enumerate().find(|(_, (x, y))| !(0..w).contains(x) || !(0..h).contains(y))
+    {
+        return Err(format!("point {} at ({x}, {y}) is outside the {w}x{h} image", labels[k]));
+    }
+    Ok(MarkedPoints { width: w, height: h, points, labels })
+}
+
+/// The label of the marked point the `side` x `side` depth map `map` (+1 = nearest) puts nearest: the largest
+/// value at the map pixel under each point's pixel centre.
+fn nearest_marked_point(batch: &RecordBatch, r: usize, map: &[f32], side: usize) -> Result<String, String> {
+    let MarkedPoints { width: w, height: h, points, labels } = marked_points(batch, r)?;
     let s = side as i64;
     let mut best: Option<(usize, f32)> = None;
-    for (k, (&x, &y)) in xs.iter().zip(&ys).enumerate() {
-        if !(0..w).contains(&x) || !(0..h).contains(&y) {
-            return Err(format!("point {} at ({x}, {y}) is outside the {w}x{h} image", labels.value(k)));
-        }
+    for (k, &(x, y)) in points.iter().enumerate() {
         // the map pixel that holds the point's pixel centre
         let (col, row) = ((2 * x + 1) * s / (2 * w), (2 * y + 1) * s / (2 * h));
         let v = map[(row * s + col) as usize];
@@ -450,7 +470,7 @@ fn nearest_marked_point(batch: &RecordBatch, r: usize, map: &[f32], side: usize)
         }
     }
     let (k, _) = best.expect("at least one point");
-    Ok(labels.value(k).to_string())
+    Ok(labels[k].clone())
 }
 
 fn scale(batch: &RecordBatch, r: usize) -> Result<f32, String> {

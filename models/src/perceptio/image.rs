@@ -6,14 +6,18 @@ use crate::sam2::model::{IMAGENET_MEAN, IMAGENET_STD};
 /// Decodes a PNG to channel-major RGB `[3, h, w]` in [0, 1]; returns (pixels, h, w).
 pub fn decode_png_planar(png: &[u8]) -> Result<(Vec<f32>, usize, usize), String> {
     let img = crate::internvl::decode_png_rgb(png)?;
-    let (h, w) = (img.height, img.width);
+    Ok((planar_from_rgb8(&img.data, img.height, img.width), img.height, img.width))
+}
+
+/// Row-major interleaved RGB8 `[h, w, 3]` -> channel-major `[3, h, w]` in [0, 1].
+pub fn planar_from_rgb8(rgb: &[u8], h: usize, w: usize) -> Vec<f32> {
     let mut out = vec![0f32; 3 * h * w];
-    for (i, px) in img.data.chunks_exact(3).enumerate() {
+    for (i, px) in rgb.chunks_exact(3).take(h * w).enumerate() {
         for c in 0..3 {
             out[c * h * w + i] = px[c] as f32 / 255.0;
         }
     }
-    Ok((out, h, w))
+    out
 }
 
 /// Bilinear resize of a `[3, h, w]` image to `[3, size, size]` (pixel centres aligned, as `align_corners=False`).

@@ -197,8 +197,28 @@ pub fn pretrain_image_encoder<E: std::fmt::Display>(
     next_batch: &mut dyn FnMut(usize) -> Result<DepthBatch, E>,
     on_step: &mut dyn FnMut(usize, f64),
 ) -> Result<EncoderWithHead, ImagePretrainError> {
-    cfg.check()?;
     let side = model.depth_side(image_size);
+    let loss = |model: &EncoderWithHead, batch: DepthBatch| -> Result<Tensor<1>, ImagePretrainError> {
+        let b = batch.check(image_size, side)?;
+        let device = model.head.linear.weight.device();
+        let pred = predict(&model.part, &model.head, &batch, &device); // [B, D, D]
+        let target = Tensor::<3>::from_data(TensorData::new(batch.depth, [b, side, side]), &device); // [B, D, D]
+        Ok((pred - target).powf_scalar(2.0).mean()) // [1]
+    };
+    fit(model, cfg, next_batch, &loss, on_step)
+}
+
+/// The optimisation loop of the encoder pretraining stages: `cfg.steps` AdamW steps (the schedule and clipping of
+/// `cfg`) on `loss(model, next_batch(batch_size))`; `on_step(step, loss)` after each. The model must live on an
+/// autodiff device.
+pub fn fit<M: Module, T, E: std::fmt::Display>(
+    model: M,
+    cfg: &ImagePretrainConfig,
+    next_batch: &mut dyn FnMut(usize) -> Result<T, E>,
+    loss: &dyn Fn(&M, T) -> Result<Tensor<1>, ImagePretrainError>,
+    on_step: &mut dyn FnMut(usize, f64),
+) -> Result<M, ImagePretrainError> {
+    cfg.check()?;
     let mut model = model.set_require_grad(true);
     let mut optim = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay)
@@ -206,11 +226,7 @@ pub fn pretrain_image_encoder<E: std::fmt::Display>(
         .init();
     for step in 1..=cfg.steps {
         let batch = next_batch(cfg.batch_size).map_err(|e| ImagePretrainError::Data { step, reason: e.to_string() })?;
-        let b = batch.check(image_size, side)?;
-        let device = model.head.linear.weight.device();
-        let pred = predict(&model.part, &model.head, &batch, &device); // [B, D, D]
-        let target = Tensor::<3>::from_data(TensorData::new(batch.depth, [b, side, side]), &device); // [B, D, D]
-        let loss = (pred - target).powf_scalar(2.0).mean(); // [1]
+        let loss = loss(&model, batch)?; // [1]
         let loss_v = loss.clone().into_scalar::<f32>() as f64;
         if !loss_v.is_finite() {
             return Err(ImagePretrainError::Diverged { step, loss: loss_v });

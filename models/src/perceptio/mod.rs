@@ -22,6 +22,7 @@ pub mod image;
 pub mod image_pretrain;
 pub mod layout;
 pub mod loss;
+pub mod marker_pretrain;
 pub mod model;
 pub mod optim;
 pub mod predict;

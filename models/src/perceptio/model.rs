@@ -135,6 +135,19 @@ impl PerceptioConfig {
                 ),
             );
         }
+        let v = &self.vlm.vision;
+        if v.num_hidden_layers == 0 {
+            return bad("vlm.vision.num_hidden_layers", "the InternViT needs at least one layer".into());
+        }
+        if v.num_attention_heads == 0 || v.hidden_size == 0 || v.hidden_size % v.num_attention_heads != 0 {
+            return bad(
+                "vlm.vision.hidden_size",
+                format!(
+                    "{} is not a positive multiple of the {} attention heads",
+                    v.hidden_size, v.num_attention_heads
+                ),
+            );
+        }
         let theta = self.vlm.text.rope_theta;
         if !(theta.is_finite() && theta > 1.0) {
             return bad("vlm.text.rope_theta", format!("{theta} is not a number above 1"));
