@@ -46,7 +46,7 @@ enum Command {
     InitModel(init_model::InitModelArgs),
     /// Pretrain a model directory's image encoder (InternViT + projector) on a dataset's depth maps.
     PretrainImage(pretrain_image::PretrainImageArgs),
-    /// Pretrain a model directory's image encoder to read the point markers of a dataset's point questions.
+    /// Teach a model directory's image encoder to read point-marker letters (drawn on a dataset's scenes).
     PretrainMarkers(pretrain_markers::PretrainMarkersArgs),
     /// Pretrain a model directory's SAM2 on a dataset's masks (point prompts) before Perceptio training.
     PretrainSam2(pretrain_sam2::PretrainSam2Args),

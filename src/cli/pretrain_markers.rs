@@ -3,7 +3,9 @@
 //! marked point's letter lies in its patch, through a throw-away linear head), then writes `image.safetensors`
 //! back atomically. Training draws fresh markers on the scenes' plain images every step (a few hundred point
 //! questions are too few: the encoder memorises them). `--val` reads the markers of held-out point questions and
-//! reports how many marked tokens get their letter and how many unmarked ones get "none".
+//! reports how many marked tokens get their letter and how many unmarked ones get "none". `--probe` trains a
+//! fresh head alone on the encoder as it is (a linear probe of what any model's image tokens say about the
+//! markers) and leaves the model directory untouched. Measurements: docs/points.md.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -38,11 +40,12 @@ pub struct PretrainMarkersArgs {
     /// Training parquet files (glob): one plain image per scene, on which fresh markers are drawn every step.
     #[arg(long)]
     pub data: String,
-    #[arg(long, default_value_t = 200)]
+    /// Optimiser steps (800 read 83% of the demo world's held-out letters, in about 110 s on 2 cores).
+    #[arg(long, default_value_t = 800)]
     pub steps: usize,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
     /// Loss weight of a token with a marker against one without (there are about 25 times fewer).
     #[arg(long, default_value_t = 10.0)]
