@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use arrow::array::{Array, Float32Array, RecordBatch, StringArray};
+use arrow::array::{Array, Float32Array, RecordBatch};
 use burn::module::Module;
 use burn::tensor::Device;
-use perceptio_actors::image_decode::{decode_png_rgb, image_bytes};
+use perceptio_actors::image_decode::decode_png_rgb;
 use perceptio_models::depth::depth_target_from_png;
 use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config, save_part};
 use perceptio_models::perceptio::image::encoder_input;
@@ -21,7 +21,7 @@ use perceptio_models::perceptio::image_pretrain::{
 };
 use perceptio_synth::metrics::MapMoments;
 
-use super::rows::{Shuffled, StepProgress, first_and_last_means, read_rows};
+use super::rows::{Shuffled, StepProgress, first_and_last_means, read_rows, row_png, unseen_plain_scene};
 
 /// Side of the depth block each image token predicts.
 const BLOCK: usize = 4;
@@ -201,22 +201,7 @@ fn depth_row(
     side: usize,
     seen: &mut HashSet<String>,
 ) -> anyhow::Result<Option<DepthRow>> {
-    let text = |name: &str| -> anyhow::Result<String> {
-        let col = batch.column_by_name(name).with_context(|| format!("column `{name}` is missing"))?;
-        let col = col.as_any().downcast_ref::<StringArray>().with_context(|| format!("column `{name}` is not text"))?;
-        if col.is_null(r) {
-            bail!("`{name}` is null");
-        }
-        Ok(col.value(r).to_string())
-    };
-    if text("task")? == "points" {
-        return Ok(None);
-    }
-    let scene = text("scene_id")?;
-    if seen.contains(&scene) {
-        return Ok(None);
-    }
-    let id = text("sample_id")?;
+    let Some((scene, id)) = unseen_plain_scene(batch, r, seen)? else { return Ok(None) };
     let scale_col = batch.column_by_name("depth_scale").context("column `depth_scale` is missing")?;
     let scale =
         scale_col.as_any().downcast_ref::<Float32Array>().context("column `depth_scale` is not float32")?.value(r);
@@ -224,11 +209,10 @@ fn depth_row(
     if depth_col.is_null(r) || scale <= 0.0 {
         return Ok(None);
     }
-    let png = image_bytes(depth_col, r).map_err(|e| anyhow::anyhow!("sample {id}: depth: {e}"))?;
+    let png = row_png(batch, "depth", r, &id)?;
     let depth = depth_target_from_png(png, scale, side).map_err(|e| anyhow::anyhow!("sample {id}: depth: {e}"))?;
-    let image_col = batch.column_by_name("image").context("column `image` is missing")?;
-    let png = image_bytes(image_col, r).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
-    let (rgb, h, w) = decode_png_rgb(png).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
+    let (rgb, h, w) =
+        decode_png_rgb(row_png(batch, "image", r, &id)?).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
     seen.insert(scene);
     Ok(Some(DepthRow { pixels: encoder_input(&rgb, h, w, size), depth }))
 }

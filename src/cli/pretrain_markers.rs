@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::array::RecordBatch;
 use burn::module::Module;
 use burn::tensor::Device;
-use perceptio_actors::image_decode::{decode_png_rgb, image_bytes};
+use perceptio_actors::image_decode::decode_png_rgb;
 use perceptio_actors::perceptio::score::marked_points;
 use perceptio_models::internvl::decode_png_rgb as decode_png_rgb8;
 use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config, save_part};
@@ -29,7 +29,7 @@ use perceptio_synth::draw::{Canvas, MarkerStyle, draw_random_markers};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::rows::{Shuffled, StepProgress, first_and_last_means, read_rows};
+use super::rows::{Shuffled, StepProgress, first_and_last_means, read_rows, row_png, row_text, unseen_plain_scene};
 
 /// Arguments of `perceptio pretrain-markers`.
 #[derive(clap::Args, Debug)]
@@ -78,14 +78,14 @@ pub enum LabelAt {
 }
 
 impl LabelAt {
-    /// The pixel whose token gets class `class` for a marker at `point` of a `w x h` image.
-    fn token_pixel(self, style: &MarkerStyle, point: (u32, u32), w: u32, h: u32, class: i64) -> (u32, u32, i64) {
+    /// The pixel whose token carries the letter of a marker at `point` of a `w x h` image.
+    fn token_pixel(self, style: &MarkerStyle, point: (u32, u32), w: u32, h: u32) -> (u32, u32) {
         match self {
-            LabelAt::Point => (point.0, point.1, class),
+            LabelAt::Point => point,
             LabelAt::Letter => {
                 let (x, y) = style.letter_centre(point.0 as i32, point.1 as i32);
                 // a dataset's marker may sit at the border with its box cut off: keep the pixel in the image
-                (x.clamp(0, w as i32 - 1) as u32, y.clamp(0, h as i32 - 1) as u32, class)
+                (x.clamp(0, w as i32 - 1) as u32, y.clamp(0, h as i32 - 1) as u32)
             }
         }
     }
@@ -97,6 +97,26 @@ pub struct Labels {
     pub at: LabelAt,
     /// Letter size, a multiple of the 5x7 font (0: one step per 128 px of image).
     pub marker_scale: u32,
+}
+
+impl Labels {
+    /// The marker style of a `w x h` image.
+    fn style(&self, w: u32, h: u32) -> MarkerStyle {
+        MarkerStyle::with_letter_scale(w.min(h), self.marker_scale)
+    }
+
+    /// The `grid x grid` token classes of a `w x h` image whose markers sit at `points`, with their classes.
+    fn classes(&self, points: &[((u32, u32), i64)], w: u32, h: u32, grid: usize) -> Result<Vec<i64>, String> {
+        let style = self.style(w, h);
+        let at: Vec<(u32, u32, i64)> = points
+            .iter()
+            .map(|&(p, class)| {
+                let (x, y) = self.at.token_pixel(&style, p, w, h);
+                (x, y, class)
+            })
+            .collect();
+        token_classes(&at, w, h, grid)
+    }
 }
 
 /// What a marker pretraining run reports.
@@ -268,16 +288,14 @@ impl SceneImages {
             let (rgb, h, w) = self.images.get(i).with_context(|| format!("no scene {i}"))?;
             let (mut rgb, h, w) = (rgb.clone(), *h, *w);
             let n = self.rng.random_range(3..=5);
-            let style = MarkerStyle::with_letter_scale(h.min(w) as u32, self.labels.marker_scale);
-            let mut canvas = Canvas { rgb: &mut rgb, width: w as u32, height: h as u32 };
-            let points = draw_random_markers(&mut canvas, &style, n, PLACEMENT_ATTEMPTS, &mut self.rng)
-                .with_context(|| format!("scene {i}: no room for {n} markers on a {w}x{h} image"))?;
-            let points: Vec<(u32, u32, i64)> = points
-                .iter()
-                .enumerate()
-                .map(|(k, &p)| self.labels.at.token_pixel(&style, p, w as u32, h as u32, k as i64 + 1))
-                .collect();
-            let classes = token_classes(&points, w as u32, h as u32, self.grid).map_err(|e| anyhow::anyhow!(e))?;
+            let (wu, hu) = (w as u32, h as u32);
+            let mut canvas = Canvas { rgb: &mut rgb, width: wu, height: hu };
+            let points =
+                draw_random_markers(&mut canvas, &self.labels.style(wu, hu), n, PLACEMENT_ATTEMPTS, &mut self.rng)
+                    .with_context(|| format!("scene {i}: no room for {n} markers on a {w}x{h} image"))?;
+            // drawn in letter order: A is class 1
+            let points: Vec<_> = points.into_iter().zip(1..).collect();
+            let classes = self.labels.classes(&points, wu, hu, self.grid).map_err(|e| anyhow::anyhow!(e))?;
             rows.push(MarkerRow { pixels: encoder_input(&planar_from_rgb8(&rgb, h, w), h, w, self.size), classes });
         }
         Ok(stack(rows.iter(), self.size, self.grid))
@@ -290,25 +308,10 @@ fn scene_image(
     r: usize,
     seen: &mut HashSet<String>,
 ) -> anyhow::Result<Option<(Vec<u8>, usize, usize)>> {
-    let text = |name: &str| -> anyhow::Result<String> {
-        let col = batch.column_by_name(name).with_context(|| format!("column `{name}` is missing"))?;
-        let col = col.as_any().downcast_ref::<StringArray>().with_context(|| format!("column `{name}` is not text"))?;
-        if col.is_null(r) {
-            bail!("`{name}` is null");
-        }
-        Ok(col.value(r).to_string())
-    };
-    if text("task")? == "points" {
-        return Ok(None);
-    }
-    let scene = text("scene_id")?;
-    if !seen.insert(scene) {
-        return Ok(None);
-    }
-    let id = text("sample_id")?;
-    let image_col = batch.column_by_name("image").context("column `image` is missing")?;
-    let png = image_bytes(image_col, r).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
-    let image = decode_png_rgb8(png).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
+    let Some((scene, id)) = unseen_plain_scene(batch, r, seen)? else { return Ok(None) };
+    let image =
+        decode_png_rgb8(row_png(batch, "image", r, &id)?).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
+    seen.insert(scene);
     Ok(Some((image.data, image.height, image.width)))
 }
 
@@ -348,28 +351,21 @@ fn point_question(
     grid: usize,
     labels: Labels,
 ) -> anyhow::Result<Option<MarkerRow>> {
-    let task = batch.column_by_name("task").context("column `task` is missing")?;
-    let task = task.as_any().downcast_ref::<StringArray>().context("column `task` is not text")?;
-    if task.is_null(r) || task.value(r) != "points" {
+    if row_text(batch, "task", r)? != "points" {
         return Ok(None);
     }
-    let id = batch
-        .column_by_name("sample_id")
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>().map(|a| a.value(r).to_string()))
-        .unwrap_or_else(|| format!("row {r}"));
+    let id = row_text(batch, "sample_id", r)?;
     let marked = marked_points(batch, r).map_err(|e| anyhow::anyhow!("sample {id}: {e}"))?;
     // marked_points keeps every point inside the image, so the casts below are exact
     let mut points = Vec::with_capacity(marked.points.len());
-    let (w, h) = (marked.width as u32, marked.height as u32);
-    let style = MarkerStyle::with_letter_scale(w.min(h), labels.marker_scale);
     for (&(x, y), label) in marked.points.iter().zip(&marked.labels) {
-        let class = letter_class(label).map_err(|e| anyhow::anyhow!("sample {id}: {e}"))?;
-        points.push(labels.at.token_pixel(&style, (x as u32, y as u32), w, h, class));
+        points.push(((x as u32, y as u32), letter_class(label).map_err(|e| anyhow::anyhow!("sample {id}: {e}"))?));
     }
-    let classes = token_classes(&points, w, h, grid).map_err(|e| anyhow::anyhow!("sample {id}: {e}"))?;
-    let image_col = batch.column_by_name("image").context("column `image` is missing")?;
-    let png = image_bytes(image_col, r).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
-    let (rgb, h, w) = decode_png_rgb(png).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
+    let classes = labels
+        .classes(&points, marked.width as u32, marked.height as u32, grid)
+        .map_err(|e| anyhow::anyhow!("sample {id}: {e}"))?;
+    let (rgb, h, w) =
+        decode_png_rgb(row_png(batch, "image", r, &id)?).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
     Ok(Some(MarkerRow { pixels: encoder_input(&rgb, h, w, size), classes }))
 }
 
@@ -380,14 +376,14 @@ mod tests {
     #[test]
     fn the_letter_goes_to_the_box_or_the_point() {
         let style = MarkerStyle::for_size(128);
-        let (x, y) = (64, 64);
-        assert_eq!(LabelAt::Point.token_pixel(&style, (x, y), 128, 128, 2), (64, 64, 2));
-        let (bx, by, class) = LabelAt::Letter.token_pixel(&style, (x, y), 128, 128, 2);
-        assert!(style.label_box(64, 64).contains(bx as i32, by as i32) && class == 2);
-        // on a 10x10 token grid the box centre is one token row above the point here
-        let classes = token_classes(&[(bx, by, class)], 128, 128, 10).unwrap();
-        assert_eq!(classes.iter().position(|&c| c == 2), Some(4 * 10 + 5));
+        assert_eq!(LabelAt::Point.token_pixel(&style, (64, 64), 128, 128), (64, 64));
+        let (bx, by) = LabelAt::Letter.token_pixel(&style, (64, 64), 128, 128);
+        assert!(style.label_box(64, 64).contains(bx as i32, by as i32), "({bx}, {by})");
+        // on a 10x10 token grid the point at (64, 64) is token (5, 5) and its letter box's centre one row above
+        let at = |at| Labels { at, marker_scale: 0 }.classes(&[((64, 64), 2)], 128, 128, 10).unwrap();
+        assert_eq!(at(LabelAt::Point).iter().position(|&c| c == 2), Some(5 * 10 + 5));
+        assert_eq!(at(LabelAt::Letter).iter().position(|&c| c == 2), Some(4 * 10 + 5));
         // a point near the top edge (its box cut off) still labels a token inside the image
-        assert_eq!(LabelAt::Letter.token_pixel(&style, (5, 2), 128, 128, 1).1, 0);
+        assert_eq!(LabelAt::Letter.token_pixel(&style, (5, 2), 128, 128).1, 0);
     }
 }

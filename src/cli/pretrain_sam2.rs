@@ -16,7 +16,7 @@ use perceptio_models::perceptio::image::encoder_input;
 use perceptio_models::sam2::Sam2;
 use perceptio_models::sam2::pretrain::{MaskBatch, Sam2PretrainConfig, evaluate_points, pretrain_sam2};
 
-use super::rows::{Shuffled, StepProgress, first_and_last_means, read_rows};
+use super::rows::{Shuffled, StepProgress, first_and_last_means, read_rows, row_png};
 
 /// Arguments of `perceptio pretrain-sam2`.
 #[derive(clap::Args, Debug)]
@@ -222,8 +222,7 @@ fn mask_row(batch: &RecordBatch, r: usize, size: usize) -> anyhow::Result<Option
     if !mask.contains(&1) {
         return Ok(None);
     }
-    let image_col = batch.column_by_name("image").context("column `image` is missing")?;
-    let png = image_bytes(image_col, r).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?.to_vec();
+    let png = row_png(batch, "image", r, &id)?.to_vec();
     Ok(Some(MaskRow { id, png, mask }))
 }
 

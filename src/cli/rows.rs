@@ -1,14 +1,16 @@
 //! What the pretraining and init subcommands share: listing a parquet glob, reading its rows through a per-row
-//! closure (errors name the file and row), seeded shuffled epochs over the rows, and the step progress and loss
-//! summary of a training loop.
+//! closure (errors name the file and row), reading a row's text and image columns, picking one plain image per
+//! scene, seeded shuffled epochs over the rows, and the step progress and loss summary of a training loop.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch, StringArray};
 use indicatif::{ProgressBar, ProgressStyle};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use perceptio_actors::image_decode::image_bytes;
 
 /// The files `glob` matches, sorted; an error when it matches none.
 pub fn parquet_files(glob: &str) -> anyhow::Result<Vec<PathBuf>> {
@@ -48,6 +50,39 @@ pub fn read_rows<T>(
         }
     }
     Ok(rows)
+}
+
+/// The text of column `name` at row `r`; an error names the column.
+pub fn row_text(batch: &RecordBatch, name: &str, r: usize) -> anyhow::Result<String> {
+    let col = batch.column_by_name(name).with_context(|| format!("column `{name}` is missing"))?;
+    let col = col.as_any().downcast_ref::<StringArray>().with_context(|| format!("column `{name}` is not text"))?;
+    if col.is_null(r) {
+        bail!("`{name}` is null");
+    }
+    Ok(col.value(r).to_string())
+}
+
+/// The PNG bytes of image column `name` at row `r`; an error names sample `id` and the column.
+pub fn row_png<'a>(batch: &'a RecordBatch, name: &str, r: usize, id: &str) -> anyhow::Result<&'a [u8]> {
+    let col = batch.column_by_name(name).with_context(|| format!("column `{name}` is missing"))?;
+    image_bytes(col, r).map_err(|e| anyhow::anyhow!("sample {id}: {name}: {e}"))
+}
+
+/// (scene id, sample id) of row `r` when it shows a plain render (any task but points, whose images carry
+/// markers) of a scene not in `seen`. The caller marks the scene seen once it keeps the row.
+pub fn unseen_plain_scene(
+    batch: &RecordBatch,
+    r: usize,
+    seen: &HashSet<String>,
+) -> anyhow::Result<Option<(String, String)>> {
+    if row_text(batch, "task", r)? == "points" {
+        return Ok(None);
+    }
+    let scene = row_text(batch, "scene_id", r)?;
+    if seen.contains(&scene) {
+        return Ok(None);
+    }
+    Ok(Some((scene, row_text(batch, "sample_id", r)?)))
 }
 
 /// The progress bar of a `steps`-step training loop (position = step, message = running numbers).

@@ -167,11 +167,15 @@ impl EncoderWithHead {
     }
 }
 
-/// Predicted depth `[B, D, D]` of a batch.
-fn predict(part: &ImageEncoderPart, head: &TokenDepthHead, batch: &DepthBatch, device: &Device) -> Tensor<3> {
-    let (b, p) = (batch.len(), batch.image_size);
-    let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels.clone(), [b, 3, p, p]), device); // [B, 3, P, P]
-    head.forward(part.forward(pixels)) // [B, D, D]
+/// `b` encoder-normalised `p x p` images, row-major `[B, 3, P, P]` on the host, as a tensor on `device`.
+pub fn pixels_tensor(pixels: Vec<f32>, b: usize, p: usize, device: &Device) -> Tensor<4> {
+    Tensor::<4>::from_data(TensorData::new(pixels, [b, 3, p, p]), device) // [B, 3, P, P]
+}
+
+/// Predicted depth `[B, D, D]` of `b` images (`[B, 3, P, P]` host pixels).
+fn predict(part: &ImageEncoderPart, head: &TokenDepthHead, pixels: Vec<f32>, b: usize, p: usize) -> Tensor<3> {
+    let device = head.linear.weight.device();
+    head.forward(part.forward(pixels_tensor(pixels, b, p, &device))) // [B, D, D]
 }
 
 /// Per-sample MSE of the predicted depth against the batch's maps (a plain or autodiff model).
@@ -179,7 +183,7 @@ pub fn depth_mse(model: &EncoderWithHead, batch: &DepthBatch) -> Result<Vec<f64>
     let device = model.head.linear.weight.device();
     let b = batch.check(batch.image_size, model.depth_side(batch.image_size))?;
     let d = batch.depth_side;
-    let pred = predict(&model.part, &model.head, batch, &device); // [B, D, D]
+    let pred = predict(&model.part, &model.head, batch.pixels.clone(), b, batch.image_size); // [B, D, D]
     let target = Tensor::<3>::from_data(TensorData::new(batch.depth.clone(), [b, d, d]), &device); // [B, D, D]
     let per = (pred - target).powf_scalar(2.0).reshape([b, d * d]).mean_dim(1); // [B, 1]
     let per = per.into_data().convert::<f32>().try_to_vec::<f32>();
@@ -201,7 +205,7 @@ pub fn pretrain_image_encoder<E: std::fmt::Display>(
     let loss = |model: &EncoderWithHead, batch: DepthBatch| -> Result<Tensor<1>, ImagePretrainError> {
         let b = batch.check(image_size, side)?;
         let device = model.head.linear.weight.device();
-        let pred = predict(&model.part, &model.head, &batch, &device); // [B, D, D]
+        let pred = predict(&model.part, &model.head, batch.pixels, b, image_size); // [B, D, D]
         let target = Tensor::<3>::from_data(TensorData::new(batch.depth, [b, side, side]), &device); // [B, D, D]
         Ok((pred - target).powf_scalar(2.0).mean()) // [1]
     };

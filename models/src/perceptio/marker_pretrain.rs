@@ -13,7 +13,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::image_pretrain::{ImagePretrainConfig, ImagePretrainError, fit, token_grid};
+use super::image_pretrain::{ImagePretrainConfig, ImagePretrainError, fit, pixels_tensor, token_grid};
 use super::model::ImageEncoderPart;
 
 /// Classes of the head: no marker, then the letters A to E.
@@ -118,16 +118,14 @@ pub struct EncoderWithMarkerHead {
 }
 
 impl EncoderWithMarkerHead {
-    /// Marker-class log-probabilities `[B*T, C]` of a checked batch of `b` images; with `probe`, no gradient
-    /// flows into the encoder.
-    fn log_probs(&self, batch: &MarkerBatch, b: usize, probe: bool) -> Tensor<2> {
+    /// Marker-class log-probabilities `[B*T, C]` of `b` images of side `p` (`[B, 3, P, P]` host pixels); with
+    /// `probe`, no gradient flows into the encoder.
+    fn log_probs(&self, pixels: Vec<f32>, b: usize, p: usize, probe: bool) -> Tensor<2> {
         let device = self.head.linear.weight.device();
-        let p = batch.image_size;
-        let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels.clone(), [b, 3, p, p]), &device); // [B, 3, P, P]
-        let tokens = self.part.forward(pixels); // [B, T, d]
+        let tokens = self.part.forward(pixels_tensor(pixels, b, p, &device)); // [B, T, d]
+        let t = tokens.dims()[1];
         let tokens = if probe { tokens.detach() } else { tokens };
         let logits = self.head.linear.forward(tokens); // [B, T, C]
-        let t = batch.grid * batch.grid;
         log_softmax(logits.reshape([b * t, MARKER_CLASSES]), 1) // [B*T, C]
     }
 
@@ -141,16 +139,16 @@ impl EncoderWithMarkerHead {
 /// `sum_i w_i * -log p_i(c_i) / sum_i w_i`. With `probe`, the loss reaches the head only.
 pub fn marker_loss(
     model: &EncoderWithMarkerHead,
-    batch: &MarkerBatch,
+    batch: MarkerBatch,
     marker_weight: f32,
     probe: bool,
 ) -> Result<Tensor<1>, ImagePretrainError> {
-    let b = model.checked(batch)?;
+    let b = model.checked(&batch)?;
     let device = model.head.linear.weight.device();
     let n = batch.classes.len();
-    let logp = model.log_probs(batch, b, probe); // [N, C]
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.classes.clone(), [n, 1]), &device); // [N, 1]
     let w: Vec<f32> = batch.classes.iter().map(|&c| if c == 0 { 1.0 } else { marker_weight }).collect();
+    let logp = model.log_probs(batch.pixels, b, batch.image_size, probe); // [N, C]
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.classes, [n, 1]), &device); // [N, 1]
     let total: f32 = w.iter().sum();
     let w = Tensor::<2>::from_data(TensorData::new(w, [n, 1]), &device); // [N, 1]
     Ok((logp.gather(1, targets).neg() * w).sum() / total) // [1]
@@ -195,7 +193,7 @@ pub fn marker_accuracy(
     batch: &MarkerBatch,
 ) -> Result<MarkerAccuracy, ImagePretrainError> {
     let b = model.checked(batch)?;
-    let best = model.log_probs(batch, b, true).argmax(1); // [N, 1]
+    let best = model.log_probs(batch.pixels.clone(), b, batch.image_size, true).argmax(1); // [N, 1]
     let best = best.into_data().convert::<i64>().try_to_vec::<i64>();
     let best = best.map_err(|e| ImagePretrainError::Batch(format!("reading the predicted classes: {e:?}")))?;
     let mut acc = MarkerAccuracy::default();
@@ -230,7 +228,7 @@ pub fn pretrain_marker_reading<E: std::fmt::Display>(
             reason: format!("{marker_weight} is not a positive number"),
         });
     }
-    let loss = |m: &EncoderWithMarkerHead, batch: MarkerBatch| marker_loss(m, &batch, marker_weight, probe);
+    let loss = |m: &EncoderWithMarkerHead, batch: MarkerBatch| marker_loss(m, batch, marker_weight, probe);
     fit(model, cfg, next_batch, &loss, on_step)
 }
 
