@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
-use perceptio::actors::perceptio::init::{init_tiny_model, write_untrained_vqvae};
+use perceptio::actors::perceptio::init::{init_tiny_model, init_tiny_model_with, write_untrained_vqvae};
 use perceptio::models::perceptio::checkpoint::{TOKENIZER_FILE, save_model};
 use perceptio::models::perceptio::image::encoder_input;
-use perceptio::models::perceptio::predict::{Predictor, Query};
+use perceptio::models::perceptio::predict::{AskOptions, Predictor, Query};
 use perceptio::serve::{
     Event, ImageInput, RequestHandle, ServeConfig, ServeError, ServeRuntime, SubmitError, SubmitOptions, WhenFull,
 };
@@ -107,9 +107,14 @@ fn force_span_opening(model: &Path, query: &Query, out: &Path) {
 }
 
 /// A tiny model under `dir` whose answer to its (image, question) opens with `[SEG] <d_start>`, so a depth span of
-/// exactly span_len forced codes follows.
+/// exactly span_len forced codes follows. Its mask decoder has the grounding map, so serving must carry each
+/// request's image-token states to it.
 fn forced_model(dir: &Path) -> (PathBuf, Vec<u8>, &'static str) {
-    let model = tiny_model(dir);
+    let vq_dir = dir.join("vqvae");
+    write_untrained_vqvae(&vq_dir, 3).unwrap();
+    let texts: Vec<String> = CORPUS.iter().map(|s| s.to_string()).collect();
+    let model = dir.join("model");
+    init_tiny_model_with(&texts, &vq_dir, &model, 11, &|cfg| cfg.seg_grounding = true).unwrap();
     let image = png(40, 30, 1);
     let question = "where is the red cube ?";
     let forced = dir.join("forced");
@@ -123,6 +128,8 @@ async fn a_depth_span_holds_exactly_span_len_codes_and_streams_mask_depth_and_do
     let (forced, image, question) = forced_model(dir.path());
     let p = Predictor::load(&forced, &Device::flex()).unwrap();
     let (sp, n) = (p.text.specials, p.span_len());
+    assert!(p.cfg.seg_grounding);
+    let direct = p.answer(&[Query::from_png(&image, question).unwrap()], &AskOptions::default()).unwrap().remove(0);
     drop(p);
 
     let rt = ServeRuntime::new(&forced, config(4, 1, 0, WhenFull::Wait)).await.unwrap();
@@ -145,6 +152,10 @@ async fn a_depth_span_holds_exactly_span_len_codes_and_streams_mask_depth_and_do
     if let Event::Mask { probs, size } = &all[mask] {
         assert_eq!(probs.len(), size * size);
         assert!(probs.iter().all(|p| (0.0..=1.0).contains(p)));
+        // the served mask (grounding map included) is the one the model gives when called directly
+        let want = direct.mask.as_ref().expect("the direct answer has a mask too");
+        let diff = probs.iter().zip(&want.probs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "served and direct masks differ by {diff}");
     }
     if let Event::Depth { values, size } = &all[depth] {
         assert_eq!(values.len(), size * size);

@@ -56,7 +56,8 @@ fn sam2_tiny_preset_matches_the_fixture_config() {
 fn tiny_parts_have_the_documented_shapes_and_every_term_trains() {
     let device = Device::flex().autodiff();
     device.seed(1);
-    let cfg = PerceptioConfig::tiny(BASE, IMG as usize);
+    let mut cfg = PerceptioConfig::tiny(BASE, IMG as usize);
+    cfg.seg_grounding = true;
     assert_eq!(cfg.image_tokens(), 16);
     let model = cfg.init(&device).unwrap();
     let sp = specials();
@@ -89,6 +90,7 @@ fn tiny_parts_have_the_documented_shapes_and_every_term_trains() {
         ("llm", v.llm),
         ("seg_bce", v.seg_bce),
         ("seg_dice", v.seg_dice),
+        ("seg_ground", v.seg_ground),
         ("marker", v.marker),
         ("token", v.token),
         ("count", v.count),
@@ -102,6 +104,15 @@ fn tiny_parts_have_the_documented_shapes_and_every_term_trains() {
     assert!(g.abs().sum().into_scalar::<f32>() > 0.0);
     let g = model.seg.text_hidden_fcs.fc1.weight.val().grad(&grads).expect("[SEG] projection gets a gradient");
     assert!(g.abs().sum().into_scalar::<f32>() > 0.0);
+    let grounding = model.seg.seg_grounding.as_ref().expect("the config asks for the grounding map");
+    for (name, w) in [("key", &grounding.key.weight), ("pixel_key", &grounding.pixel_key.weight)] {
+        let g = w.val().grad(&grads).unwrap_or_else(|| panic!("the grounding map's {name} gets no gradient"));
+        assert!(g.abs().sum().into_scalar::<f32>() > 0.0, "{name}");
+    }
+    // a grounding model refuses a [SEG] state without its image-token states
+    let levels = model.seg.encode(batch.sam_pixels.clone()).unwrap();
+    let err = model.seg.forward(Tensor::<2>::zeros([b, 128], &device), None, levels).unwrap_err().to_string();
+    assert!(err.contains("image-token states"), "{err}");
     // the frozen SAM2 encoder and VQ-VAE get none
     assert!(model.seg.sam2.vision_encoder.neck.convs[0].weight.val().grad(&grads).is_none());
 }

@@ -48,6 +48,10 @@ pub struct InitModelArgs {
     /// the question (the sizes above, when given, apply after it).
     #[arg(long)]
     pub align_depth_grid: bool,
+    /// Add the grounding map to the mask decoder (the `[SEG]` state scored against the image-token states, added
+    /// to SAM2's mask logits), as `perceptio demo` does.
+    #[arg(long)]
+    pub seg_grounding: bool,
 }
 
 impl InitModelArgs {
@@ -56,6 +60,7 @@ impl InitModelArgs {
         if self.align_depth_grid {
             cfg.align_image_with_depth_grid();
         }
+        cfg.seg_grounding |= self.seg_grounding;
         if let Some(size) = self.image_size {
             cfg.vlm.vision.image_size = size;
         }

@@ -42,6 +42,9 @@ pub struct LossParams {
     pub seg_bce: f64,
     #[serde(default = "quarter")]
     pub seg_dice: f64,
+    /// Weight of the grounding-map cross-entropy (models with `seg_grounding`).
+    #[serde(default = "one")]
+    pub seg_ground: f64,
     #[serde(default = "one")]
     pub marker: f64,
     #[serde(default = "one")]
@@ -83,6 +86,7 @@ impl LossParams {
             .with_seg(self.seg)
             .with_seg_bce(self.seg_bce)
             .with_seg_dice(self.seg_dice)
+            .with_seg_ground(self.seg_ground)
             .with_marker(self.marker * generation)
             .with_token(self.token * generation)
             .with_count(self.count * generation)
@@ -108,7 +112,8 @@ fn d_log() -> usize {
 }
 
 /// Names of the metrics columns after `step`, `optimizer_step`, `apply`, `lr`.
-pub const TERM_COLUMNS: [&str; 8] = ["total", "llm", "seg_bce", "seg_dice", "marker", "token", "count", "rec"];
+pub const TERM_COLUMNS: [&str; 9] =
+    ["total", "llm", "seg_bce", "seg_dice", "seg_ground", "marker", "token", "count", "rec"];
 
 /// The metrics row schema.
 pub fn metrics_schema() -> Schema {
@@ -207,7 +212,7 @@ impl Aggregator {
             Arc::new(BooleanArray::from(vec![info.apply])),
             Arc::new(Float64Array::from(vec![self.optim.lr_at(opt_step as usize)])),
         ];
-        for x in [Some(v.total), v.llm, v.seg_bce, v.seg_dice, v.marker, v.token, v.count, v.rec] {
+        for x in [Some(v.total), v.llm, v.seg_bce, v.seg_dice, v.seg_ground, v.marker, v.token, v.count, v.rec] {
             cols.push(f(x));
         }
         Ok(Frame::new(RecordBatch::try_new(Arc::new(metrics_schema()), cols)?))
@@ -221,6 +226,7 @@ pub fn describe(v: &LossValues) -> String {
         ("llm", v.llm),
         ("seg_bce", v.seg_bce),
         ("seg_dice", v.seg_dice),
+        ("seg_ground", v.seg_ground),
         ("marker", v.marker),
         ("token", v.token),
         ("count", v.count),
@@ -253,6 +259,7 @@ impl Node for Aggregator {
         if self.loss.seg != 0.0 {
             terms.seg_bce = loss_tensor(seg.as_ref(), "seg_bce")?;
             terms.seg_dice = loss_tensor(seg.as_ref(), "seg_dice")?;
+            terms.seg_ground = loss_tensor(seg.as_ref(), "seg_ground")?;
         }
         if self.loss.rec != 0.0 {
             terms.rec = loss_tensor(depth.as_ref(), "rec")?;

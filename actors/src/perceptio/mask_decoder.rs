@@ -1,6 +1,7 @@
 //! `mask-decoder`: the `[SEG]` projection, SAM2 prompt encoder and mask decoder over the rows that have a
-//! `[SEG]` token, on the frozen SAM2 features of the same micro-batch; emits the segmentation loss terms
-//! (sigmoid cross-entropy, Dice) as a one-row loss frame. Trainable part `seg`.
+//! `[SEG]` token, on the frozen SAM2 features of the same micro-batch (plus the grounding map over the rows'
+//! image-token states, when the model has one); emits the segmentation loss terms (sigmoid cross-entropy, Dice,
+//! and the grounding cross-entropy with a map) as a one-row loss frame. Trainable part `seg`.
 
 use arrow::array::UInt32Array;
 use burn::tensor::Tensor;
@@ -92,14 +93,21 @@ impl Node for MaskDecoderNode {
                 ["fpn0", "fpn1", "fpn2"].map(|n| features.tensor::<Tensor<4>>(n).map(|t| select_rows(t, &rows)));
             let [f0, f1, f2] = levels;
             let hidden: Tensor<2> = seg.tensor("seg_hidden")?;
+            let image: Option<Tensor<3>> = seg.optional_tensor("image_hidden")?;
             let masks: Tensor<3> = seg.tensor("masks")?;
-            let logits =
-                self.part.module.forward(hidden, [f0?, f1?, f2?]).map_err(|e| NodeError::msg(e.to_string()))?;
+            let (logits, map) = self
+                .part
+                .module
+                .forward_with_map(hidden, image, [f0?, f1?, f2?])
+                .map_err(|e| NodeError::msg(e.to_string()))?;
             let [_, h, w] = masks.dims();
             let logits = self.part.module.upsample(logits, [h, w]); // [B', H, W]
-            let terms = seg_terms(logits, masks, &LossConfig::new());
+            let terms = seg_terms(logits, map, masks, &LossConfig::new());
             if let (Some(bce), Some(dice)) = (terms.seg_bce, terms.seg_dice) {
                 loss = loss.with_tensor("seg_bce", bce)?.with_tensor("seg_dice", dice)?;
+            }
+            if let Some(ground) = terms.seg_ground {
+                loss = loss.with_tensor("seg_ground", ground)?;
             }
         }
         drop((seg, features));

@@ -1,6 +1,6 @@
 //! `token-router`: splits the LLM's outputs by token type and hands each to its head: the whole micro-batch
-//! (logits and token layout) to `text` for the token losses, the `[SEG]` hidden states with their target masks to
-//! `seg`, and the depth-span code logits with their target depth maps to `depth`. Every output gets one frame per
+//! (logits and token layout) to `text` for the token losses, the `[SEG]` hidden states with their rows' image-token
+//! states and target masks to `seg`, and the depth-span code logits with their target depth maps to `depth`. Every output gets one frame per
 //! micro-batch (possibly with no rows), so the heads and the aggregator stay in step.
 
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow::array::{RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use burn::tensor::Tensor;
-use perceptio_models::perceptio::heads::seg_hidden;
+use perceptio_models::perceptio::heads::{image_hidden, seg_hidden};
 use perceptio_models::perceptio::loss::span_code_logits;
 use perceptio_models::perceptio::step::select_rows;
 use perceptio_models::perceptio::{SpecialTokens, TokenBatch};
@@ -33,9 +33,10 @@ fn rows_schema(tensors: &[(&str, usize)]) -> PortSchema {
     s
 }
 
-/// Schema of the `seg` output: `row` + `seg_hidden` `[B', d]` + `masks` `[B', S, S]`.
+/// Schema of the `seg` output: `row` + `seg_hidden` `[B', d]` + `image_hidden` `[B', T, d]` (the rows'
+/// image-token states, for the grounding map; absent when the rows have no image tokens) + `masks` `[B', S, S]`.
 pub fn seg_schema() -> PortSchema {
-    rows_schema(&[("seg_hidden", 2), ("masks", 3)])
+    rows_schema(&[("seg_hidden", 2), ("image_hidden", 3), ("masks", 3)])
 }
 
 /// Schema of the `depth` output: `row` + `span_logits` `[B'', N, K]` + `depth` `[B'', 1, D, D]`.
@@ -110,10 +111,17 @@ impl Node for TokenRouter {
         let mut seg = None;
         let mut depth = None;
         if out.is_connected("seg") {
-            let f = match seg_hidden(frame.tensor::<Tensor<3>>("hidden")?, &tokens) {
-                Some((hidden, rows)) => rows_frame(info, &rows, &frame)?
-                    .with_tensor("seg_hidden", hidden)?
-                    .with_tensor("masks", select_rows(frame.tensor::<Tensor<3>>("masks")?, &rows))?,
+            let all: Tensor<3> = frame.tensor("hidden")?;
+            let f = match seg_hidden(all.clone(), &tokens) {
+                Some((hidden, rows)) => {
+                    let f = rows_frame(info, &rows, &frame)?
+                        .with_tensor("seg_hidden", hidden)?
+                        .with_tensor("masks", select_rows(frame.tensor::<Tensor<3>>("masks")?, &rows))?;
+                    match image_hidden(all, &tokens.ids, &rows, self.specials.image_context) {
+                        Some(image) => f.with_tensor("image_hidden", image)?, // [B', T, d]
+                        None => f,
+                    }
+                }
                 None => rows_frame(info, &[], &frame)?,
             };
             seg = Some(f);

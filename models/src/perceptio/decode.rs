@@ -140,6 +140,16 @@ pub struct Generated {
     pub ids: Vec<u32>,
     /// Last hidden state at the `[SEG]` position `[d]`, when `[SEG]` was generated.
     pub seg_hidden: Option<Tensor<1>>,
+    /// The prompt's image-token states `[T, d]` (last hidden states at its `<IMG_CONTEXT>` slots), which the
+    /// mask decoder's grounding map reads; None for a text-only prompt.
+    pub image_hidden: Option<Tensor<2>>,
+}
+
+impl Generated {
+    /// Nothing generated yet, for a prompt with image-token states `image_hidden`.
+    pub fn empty(image_hidden: Option<Tensor<2>>) -> Self {
+        Self { ids: Vec::new(), seg_hidden: None, image_hidden }
+    }
 }
 
 /// What generation reports as it goes (see [`generate_streaming`]).
@@ -147,8 +157,9 @@ pub struct Generated {
 pub enum DecodeEvent<'a> {
     /// Row `row` generated `id`.
     Token { row: usize, id: u32 },
-    /// Row `row`'s `[SEG]` hidden state `[d]` is known (right after `[SEG]` was fed back).
-    SegHidden { row: usize, hidden: &'a Tensor<1> },
+    /// Row `row`'s `[SEG]` hidden state `[d]` is known (right after `[SEG]` was fed back), with its prompt's
+    /// image-token states `[T, d]` (None for a text-only prompt).
+    SegHidden { row: usize, hidden: &'a Tensor<1>, image: Option<&'a Tensor<2>> },
 }
 
 /// Greedy constrained generation for a batch of prompts (left-padded together) whose `<IMG_CONTEXT>` slots take
@@ -197,7 +208,7 @@ pub fn generate_from_image_tokens(
     for (tag, g) in stepper.drain() {
         out[tag] = Some(g);
     }
-    Ok(out.into_iter().map(|g| g.unwrap_or(Generated { ids: Vec::new(), seg_hidden: None })).collect())
+    Ok(out.into_iter().map(|g| g.unwrap_or_else(|| Generated::empty(None))).collect())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use burn::config::Config;
 use burn::tensor::activation::{log_softmax, sigmoid, softmax};
+use burn::tensor::module::adaptive_avg_pool2d;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::layout::{Sequence, SpecialTokens, TokenBatch};
@@ -16,7 +17,7 @@ pub struct LossConfig {
     /// Weight of the next-token cross-entropy on text answer tokens.
     #[config(default = 1.0)]
     pub llm: f64,
-    /// `w_seg`: multiplies `seg_bce * bce + seg_dice * dice`.
+    /// `w_seg`: multiplies `seg_bce * bce + seg_dice * dice + seg_ground * ground`.
     #[config(default = 1.0)]
     pub seg: f64,
     /// Weight of the per-pixel sigmoid cross-entropy inside the segmentation loss.
@@ -25,6 +26,9 @@ pub struct LossConfig {
     /// Weight of the Dice loss inside the segmentation loss.
     #[config(default = 0.25)]
     pub seg_dice: f64,
+    /// Weight of the grounding-map cross-entropy inside the segmentation loss (models with `seg_grounding` only).
+    #[config(default = 1.0)]
+    pub seg_ground: f64,
     /// `a`: weight of the `<d_start>`/`<d_end>` marker cross-entropy.
     #[config(default = 1.0)]
     pub marker: f64,
@@ -48,6 +52,7 @@ pub struct LossTerms {
     pub llm: Option<Tensor<1>>,
     pub seg_bce: Option<Tensor<1>>,
     pub seg_dice: Option<Tensor<1>>,
+    pub seg_ground: Option<Tensor<1>>,
     pub marker: Option<Tensor<1>>,
     pub token: Option<Tensor<1>>,
     pub count: Option<Tensor<1>>,
@@ -62,6 +67,7 @@ pub struct LossValues {
     pub llm: Option<f64>,
     pub seg_bce: Option<f64>,
     pub seg_dice: Option<f64>,
+    pub seg_ground: Option<f64>,
     pub marker: Option<f64>,
     pub token: Option<f64>,
     pub count: Option<f64>,
@@ -70,11 +76,12 @@ pub struct LossValues {
 
 impl LossTerms {
     /// Each term with its effective weight, in a fixed order.
-    fn weighted(&self, cfg: &LossConfig) -> [(&Option<Tensor<1>>, f64); 7] {
+    fn weighted(&self, cfg: &LossConfig) -> [(&Option<Tensor<1>>, f64); 8] {
         [
             (&self.llm, cfg.llm),
             (&self.seg_bce, cfg.seg * cfg.seg_bce),
             (&self.seg_dice, cfg.seg * cfg.seg_dice),
+            (&self.seg_ground, cfg.seg * cfg.seg_ground),
             (&self.marker, cfg.marker),
             (&self.token, cfg.token),
             (&self.count, cfg.count),
@@ -82,7 +89,7 @@ impl LossTerms {
         ]
     }
 
-    /// `total = llm*L_llm + seg*(seg_bce*L_bce + seg_dice*L_dice) + marker*L_marker + token*L_token
+    /// `total = llm*L_llm + seg*(seg_bce*L_bce + seg_dice*L_dice + seg_ground*L_ground) + marker*L_marker + token*L_token
     /// + count*L_count + rec*L_rec`. Absent terms and terms whose effective weight is 0 contribute nothing.
     /// `None` when no term contributes.
     pub fn total(&self, cfg: &LossConfig) -> Option<Tensor<1>> {
@@ -101,13 +108,14 @@ impl LossTerms {
             llm: read(&self.llm),
             seg_bce: read(&self.seg_bce),
             seg_dice: read(&self.seg_dice),
+            seg_ground: read(&self.seg_ground),
             marker: read(&self.marker),
             token: read(&self.token),
             count: read(&self.count),
             rec: read(&self.rec),
         };
         let weights = self.weighted(cfg).map(|(_, w)| w);
-        let host = [v.llm, v.seg_bce, v.seg_dice, v.marker, v.token, v.count, v.rec];
+        let host = [v.llm, v.seg_bce, v.seg_dice, v.seg_ground, v.marker, v.token, v.count, v.rec];
         v.total = host.iter().zip(weights).filter(|(_, w)| *w != 0.0).filter_map(|(x, w)| x.map(|x| x * w)).sum();
         v
     }
@@ -320,6 +328,19 @@ pub fn seg_dice(mask_logits: Tensor<3>, target: Tensor<3>) -> Tensor<1> {
     let denom = p.sum_dim(1) + t.sum_dim(1); // [B, 1]
     let dice = inter.mul_scalar(2.0).add_scalar(1.0) / denom.add_scalar(1.0); // [B, 1]
     dice.neg().add_scalar(1.0).mean() // [1]
+}
+
+/// Grounding-map cross-entropy: the map's softmax over its `g x g` cells against the share of the target mask in
+/// each cell (the mask area-pooled to the grid and normalised to sum 1). A row with an empty mask adds 0.
+/// `map` `[B, 1, g, g]` (logits; the mask decoder's is at its mask-logit resolution), `target` `[B, H, W]` (0/1)
+/// -> `[1]`.
+pub fn seg_ground(map: Tensor<4>, target: Tensor<3>) -> Tensor<1> {
+    let [b, _, g, gw] = map.dims();
+    let [_, h, w] = target.dims();
+    let share = adaptive_avg_pool2d(target.reshape([b, 1, h, w]), [g, gw]).reshape([b, g * gw]); // [B, T]
+    let share = share.clone() / share.sum_dim(1).clamp_min(1e-6); // [B, T]
+    let logp = log_softmax(map.reshape([b, g * gw]), 1); // [B, T]
+    (share * logp).sum_dim(1).neg().mean() // [1]
 }
 
 #[cfg(test)]
@@ -616,6 +637,7 @@ mod tests {
             .with_seg(2.0)
             .with_seg_bce(3.0)
             .with_seg_dice(0.25)
+            .with_seg_ground(0.5)
             .with_marker(0.1)
             .with_token(7.0)
             .with_count(2.0)
@@ -624,13 +646,14 @@ mod tests {
             llm: Some(scalar(2.0, &device)),
             seg_bce: Some(scalar(0.5, &device)),
             seg_dice: None,
+            seg_ground: Some(scalar(0.5, &device)),
             marker: Some(scalar(3.0, &device)),
             token: None,
             count: Some(scalar(0.25, &device)),
             rec: Some(scalar(4.0, &device)),
         };
-        // 0.5*2 + 2*(3*0.5) + 0.1*3 + 2*0.25 + 0.3*4
-        let want = 1.0 + 3.0 + 0.3 + 0.5 + 1.2;
+        // 0.5*2 + 2*(3*0.5 + 0.5*0.5) + 0.1*3 + 2*0.25 + 0.3*4
+        let want = 1.0 + 3.5 + 0.3 + 0.5 + 1.2;
         close(host(terms.total(&cfg).unwrap()), want);
         let v = terms.values(&cfg);
         close(v.total, want);
@@ -652,5 +675,24 @@ mod tests {
         let cfg = LossConfig::new();
         assert_eq!((cfg.llm, cfg.seg, cfg.seg_bce, cfg.seg_dice), (1.0, 1.0, 1.0, 0.25));
         assert_eq!((cfg.marker, cfg.token, cfg.count, cfg.rec, cfg.span_len), (1.0, 1.0, 1.0, 1.0, 100));
+    }
+
+    #[test]
+    fn the_grounding_term_is_the_cross_entropy_against_the_masks_share_per_cell() {
+        let device = Device::flex();
+        // 2x2 grid over a 4x4 mask: row 0 covers the top-left cell fully and the top-right cell by a quarter
+        let mut m = vec![0.0f32; 2 * 16];
+        for (y, x) in [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2)] {
+            m[y * 4 + x] = 1.0;
+        }
+        let masks = Tensor::<3>::from_data(TensorData::new(m, [2, 4, 4]), &device); // row 1 empty
+        let logits = [2.0f32, 1.0, 0.0, -1.0];
+        let map = Tensor::<4>::from_data(TensorData::new([logits, logits].concat(), [2, 1, 2, 2]), &device);
+        let lse = logits.iter().map(|&l| (l as f64).exp()).sum::<f64>().ln();
+        // shares 0.8 / 0.2 / 0 / 0; the empty row adds 0 to the mean over both rows
+        let want = -(0.8 * (2.0 - lse) + 0.2 * (1.0 - lse)) / 2.0;
+        close(host(seg_ground(map, masks.clone())), want);
+        let flat = Tensor::<4>::zeros([2, 1, 2, 2], &device);
+        close(host(seg_ground(flat, masks)), (4.0f64).ln() / 2.0);
     }
 }

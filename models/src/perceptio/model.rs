@@ -7,7 +7,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::prelude::*;
 
-use super::heads::{SegProjection, SegProjectionConfig};
+use super::heads::{SegGrounding, SegGroundingConfig, SegProjection, SegProjectionConfig};
 use crate::depth::{DepthError, VqVae, VqVaeConfig};
 use crate::internvl::InternVlConfig;
 use crate::llm::{LoraConfig, LoraError, Qwen2ForCausalLM, ids_tensor};
@@ -49,6 +49,11 @@ pub struct PerceptioConfig {
     /// sit at one distance from the answer whatever the question.
     #[config(default = false)]
     pub image_last: bool,
+    /// Add the grounding map to SAM2's mask logits: the `[SEG]` state scored against the row's image-token
+    /// states and against SAM2's finest FPN map (`SegPart::seg_grounding`). Off in the paper's architecture, whose SAM2
+    /// comes pretrained; on for models whose SAM2 starts from scratch, such as the demo's.
+    #[config(default = false)]
+    pub seg_grounding: bool,
 }
 
 /// Errors of building or running the model.
@@ -206,7 +211,14 @@ impl PerceptioConfig {
         let mut sam2 = self.sam2.init(device)?;
         sam2.vision_encoder = sam2.vision_encoder.no_grad();
         let c = self.sam2.mask_decoder_config.hidden_size;
-        Ok(SegPart { sam2, text_hidden_fcs: SegProjectionConfig::new(self.vlm.text.hidden_size, c).init(device) })
+        let d = self.vlm.text.hidden_size;
+        Ok(SegPart {
+            sam2,
+            text_hidden_fcs: SegProjectionConfig::new(d, c).init(device),
+            seg_grounding: self
+                .seg_grounding
+                .then(|| SegGroundingConfig::new(d, d, self.sam2.vision_config.fpn_hidden_size).init(device)),
+        })
     }
 
     /// The frozen depth VQ-VAE.
@@ -332,6 +344,8 @@ impl LlmPart {
 pub struct SegPart {
     pub sam2: Sam2,
     pub text_hidden_fcs: SegProjection,
+    /// Present when the config's `seg_grounding` is on.
+    pub seg_grounding: Option<SegGrounding>,
 }
 
 impl SegPart {
@@ -341,15 +355,58 @@ impl SegPart {
     }
 
     /// `[SEG]` hidden states `[B', d]` + the FPN maps of the same rows -> mask logits `[B', 4e, 4e]` (single mask).
-    pub fn forward(&self, seg_hidden: Tensor<2>, levels: [Tensor<4>; 3]) -> Result<Tensor<3>, ModelError> {
+    /// `image_hidden` `[B', T, d]` are the rows' image-token states, which the grounding map needs (ignored
+    /// without one).
+    pub fn forward(
+        &self,
+        seg_hidden: Tensor<2>,
+        image_hidden: Option<Tensor<3>>,
+        levels: [Tensor<4>; 3],
+    ) -> Result<Tensor<3>, ModelError> {
+        Ok(self.forward_with_map(seg_hidden, image_hidden, levels)?.0)
+    }
+
+    /// [`SegPart::forward`] that also returns the grounding map `[B', 1, 4e, 4e]` it added (None without one),
+    /// for its own loss term.
+    pub fn forward_with_map(
+        &self,
+        seg_hidden: Tensor<2>,
+        image_hidden: Option<Tensor<3>>,
+        levels: [Tensor<4>; 3],
+    ) -> Result<(Tensor<3>, Option<Tensor<4>>), ModelError> {
         let [b, _] = seg_hidden.dims();
+        let fine = levels[0].clone(); // [B', C, 4e, 4e]
         let image: ImageEmbeddings = self.sam2.embeddings_from_levels(levels);
-        let prompt = self.text_hidden_fcs.forward(seg_hidden); // [B', C]
+        let prompt = self.text_hidden_fcs.forward(seg_hidden.clone()); // [B', C]
         let c = prompt.dims()[1];
         let prompts = Prompts { sparse: Some(prompt.reshape([b, 1, 1, c])), ..Prompts::default() };
         let out = self.sam2.predict(&image, &prompts, false)?;
         let [_, _, _, h, w] = out.masks.dims();
-        Ok(out.masks.reshape([b, h, w])) // [B', 4e, 4e]
+        let logits = out.masks.reshape([b, h, w]); // [B', 4e, 4e]
+        let Some(grounding) = &self.seg_grounding else { return Ok((logits, None)) };
+        let Some(image_hidden) = image_hidden else {
+            return Err(ModelError::Shape {
+                what: "image-token states for the grounding map",
+                expected: format!("[{b}, T, d]"),
+                got: "none (a [SEG] without an image?)".into(),
+            });
+        };
+        if image_hidden.dims()[0] != b {
+            return Err(ModelError::Shape {
+                what: "image-token states for the grounding map",
+                expected: format!("[{b}, T, d]"),
+                got: format!("{:?}", image_hidden.dims()),
+            });
+        }
+        // the image-token states are read, not trained, by the map: the LLM's image tokens carry the depth the span
+        // is read from, and the mask losses pulling them cost depth MSE (docs/referring.md)
+        let tokens = grounding.token_map(seg_hidden.clone(), image_hidden.detach()); // [B', 1, g, g]
+        let tokens = upsample_masks(tokens, [h, w]); // [B', 1, 4e, 4e]
+        let pixels = grounding.pixel_map(seg_hidden, fine); // [B', 1, H0, W0]
+        let pixels = if pixels.dims()[2..] == [h, w] { pixels } else { upsample_masks(pixels, [h, w]) }; // [B', 1, 4e, 4e]
+        let map = tokens + pixels; // [B', 1, 4e, 4e]
+        let logits = logits + map.clone().reshape([b, h, w]); // [B', 4e, 4e]
+        Ok((logits, Some(map)))
     }
 
     /// `[SEG]` hidden states `[B', d]` + FPN maps -> mask probabilities `[B', S, S]` at the SAM2 input size
@@ -357,10 +414,11 @@ impl SegPart {
     pub fn mask_probs(
         &self,
         seg_hidden: Tensor<2>,
+        image_hidden: Option<Tensor<3>>,
         levels: [Tensor<4>; 3],
         size: usize,
     ) -> Result<Tensor<3>, ModelError> {
-        let logits = self.forward(seg_hidden, levels)?; // [B', h, w]
+        let logits = self.forward(seg_hidden, image_hidden, levels)?; // [B', h, w]
         Ok(burn::tensor::activation::sigmoid(self.upsample(logits, [size, size]))) // [B', S, S]
     }
 

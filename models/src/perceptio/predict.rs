@@ -283,8 +283,10 @@ impl Predictor {
                 .map(|&i| generated[i].seg_hidden.clone().expect("filtered").unsqueeze_dim(0)) // [1, d]
                 .collect();
             let hidden = Tensor::cat(hidden, 0); // [B', d]
+            let image: Option<Vec<Tensor<2>>> = seg_rows.iter().map(|&i| generated[i].image_hidden.clone()).collect();
+            let image = image.map(|v| Tensor::stack::<3>(v, 0)); // [B', T, d]
             let levels = self.model.seg.encode(sam)?;
-            let probs = self.model.seg.mask_probs(hidden, levels, s)?; // [B', S, S]
+            let probs = self.model.seg.mask_probs(hidden, image, levels, s)?; // [B', S, S]
             let probs = to_vec(probs)?;
             for (k, &i) in seg_rows.iter().enumerate() {
                 masks[i] = Some(MaskMap { size: s, probs: probs[k * s * s..(k + 1) * s * s].to_vec() });

@@ -4,10 +4,10 @@
 
 use burn::prelude::*;
 
-use super::heads::seg_hidden;
+use super::heads::{image_hidden, seg_hidden};
 use super::layout::{SpecialTokens, TokenBatch};
 use super::loss::{
-    LossConfig, LossTerms, LossValues, code_ce, count_penalty, depth_mse, marker_ce, seg_bce, seg_dice,
+    LossConfig, LossTerms, LossValues, code_ce, count_penalty, depth_mse, marker_ce, seg_bce, seg_dice, seg_ground,
     span_code_logits, text_ce,
 };
 use super::model::{ModelError, Perceptio};
@@ -47,10 +47,12 @@ pub fn token_terms(logits: Tensor<3>, tokens: &TokenBatch, sp: &SpecialTokens, c
     }
 }
 
-/// Segmentation terms for mask logits `[B', H, W]` against their targets.
-pub fn seg_terms(mask_logits: Tensor<3>, targets: Tensor<3>, cfg: &LossConfig) -> LossTerms {
+/// Segmentation terms for mask logits `[B', H, W]` (and the grounding map `[B', 1, g, g]`, when the model has one)
+/// against their targets.
+pub fn seg_terms(mask_logits: Tensor<3>, map: Option<Tensor<4>>, targets: Tensor<3>, cfg: &LossConfig) -> LossTerms {
     LossTerms {
         seg_bce: Some(seg_bce(mask_logits.clone(), targets.clone())),
+        seg_ground: map.map(|m| seg_ground(m, targets.clone())),
         seg_dice: Some(seg_dice(mask_logits, targets)),
         ..LossTerms::default()
     }
@@ -64,6 +66,7 @@ impl LossTerms {
             llm: other.llm.or(self.llm),
             seg_bce: other.seg_bce.or(self.seg_bce),
             seg_dice: other.seg_dice.or(self.seg_dice),
+            seg_ground: other.seg_ground.or(self.seg_ground),
             marker: other.marker.or(self.marker),
             token: other.token.or(self.token),
             count: other.count.or(self.count),
@@ -88,14 +91,15 @@ pub fn forward_terms(
     let out = model.llm.forward(&batch.tokens.ids, Some(image))?;
     let mut terms = token_terms(out.logits.clone(), &batch.tokens, sp, cfg);
     if cfg.seg != 0.0
-        && let Some((hidden, rows)) = seg_hidden(out.hidden, &batch.tokens)
+        && let Some((hidden, rows)) = seg_hidden(out.hidden.clone(), &batch.tokens)
     {
+        let image = image_hidden(out.hidden, &batch.tokens.ids, &rows, model.llm.image_token_id as u32); // [B', T, d]
         let levels = model.seg.encode(batch.sam_pixels.clone())?;
         let levels = levels.map(|l| select_rows(l, &rows));
-        let logits = model.seg.forward(hidden, levels)?; // [B', h, w]
+        let (logits, map) = model.seg.forward_with_map(hidden, image, levels)?; // [B', h, w], [B', 1, g, g]
         let [_, mh, mw] = batch.masks.dims();
         let logits = model.seg.upsample(logits, [mh, mw]); // [B', H, W]
-        terms = terms.merged(seg_terms(logits, select_rows(batch.masks.clone(), &rows), cfg));
+        terms = terms.merged(seg_terms(logits, map, select_rows(batch.masks.clone(), &rows), cfg));
     }
     if cfg.rec != 0.0
         && let Some((span, rows)) = span_code_logits(out.logits, &batch.tokens, sp, cfg.span_len)

@@ -6,6 +6,7 @@
 use burn::prelude::*;
 
 use super::decode::{DecodeEvent, Generated, SpanConstraint, constraint_masks};
+use super::heads::image_hidden;
 use super::layout::SpecialTokens;
 use super::model::{LlmPart, ModelError};
 use crate::llm::{KvCache, left_pad};
@@ -70,6 +71,8 @@ impl Stepper {
         let mut cache = KvCache::new(lm.model.layers.len(), n);
         let h = lm.model.forward_embeds(x, Some(&pad), Some(&mut cache)); // [n, S, d]
         let [_, s, d] = h.dims();
+        let rows: Vec<usize> = (0..n).collect();
+        let images = image_hidden(h.clone(), &ids, &rows, llm.image_token_id as u32); // [n, T, d]
         let last = h.slice([0..n, s - 1..s, 0..d]); // [n, 1, d]
         if self.masks.is_none() {
             self.masks = Some(constraint_masks(llm.vocab_size(), &self.sp, &last.device())); // [5, V]
@@ -82,9 +85,13 @@ impl Stepper {
             Some(running) => running.append(cache),
             None => self.cache = Some(cache),
         }
-        for (p, &tag) in prompts.iter().zip(tags) {
+        for (i, (p, &tag)) in prompts.iter().zip(tags).enumerate() {
             let constraint = SpanConstraint::after_prompt(p, &self.sp, self.span_len);
-            self.rows.push(Row { tag, constraint, out: Generated { ids: Vec::new(), seg_hidden: None } });
+            let image = images.as_ref().map(|all| {
+                let [_, t, d] = all.dims();
+                all.clone().slice([i..i + 1, 0..t, 0..d]).reshape([t, d]) // [T, d]
+            });
+            self.rows.push(Row { tag, constraint, out: Generated::empty(image) });
         }
         Ok(())
     }
@@ -168,7 +175,8 @@ impl Stepper {
             let mut go_on = true;
             if feed[i][0] == self.sp.seg && row.out.seg_hidden.is_none() {
                 let hidden = last.clone().slice([i..i + 1, 0..1, 0..d]).reshape([d]); // [d]
-                go_on = on_event(DecodeEvent::SegHidden { row: row.tag, hidden: &hidden });
+                let image = row.out.image_hidden.as_ref();
+                go_on = on_event(DecodeEvent::SegHidden { row: row.tag, hidden: &hidden, image });
                 row.out.seg_hidden = Some(hidden);
             }
             if go_on {
@@ -267,5 +275,30 @@ mod tests {
         for i in 0..3 {
             assert_eq!(got[i].as_ref(), Some(&alone[i]), "row {i}: joined and alone generate the same ids");
         }
+    }
+
+    #[test]
+    fn each_row_keeps_its_prompts_image_states_as_a_teacher_forced_pass_computes_them() {
+        let device = Device::flex();
+        device.seed(4);
+        let llm = PerceptioConfig::tiny(BASE, IMG as usize).init_llm(&device).unwrap();
+        // different lengths, so the shorter prompt is left-padded in the batch
+        let prompts = [prompt(&[9, 10, 11, 12, 13]), prompt(&[14])];
+        let images = Tensor::<3>::random([2, 16, 128], Distribution::Normal(0.0, 1.0), &device); // [2, 16, d]
+        let mut stepper = Stepper::new(sp(), 100);
+        stepper.admit(&llm, &prompts, Some(images.clone()), &[0, 1]).unwrap();
+        let mut got: Vec<(usize, Generated)> = stepper.drain();
+        got.sort_by_key(|(tag, _)| *tag);
+        for (i, (_, g)) in got.into_iter().enumerate() {
+            let kept = g.image_hidden.expect("an image prompt keeps its image states"); // [16, d]
+            let one = [prompts[i].clone()];
+            let out = llm.forward(&one, Some(images.clone().narrow(0, i, 1))).unwrap();
+            let want = image_hidden(out.hidden, &one, &[0], IMG).unwrap().reshape([16, 128]); // [16, d]
+            let diff = (kept - want).abs().max().into_scalar::<f32>();
+            assert!(diff < 1e-4, "row {i}: image states differ by {diff}");
+        }
+        let mut text_only = Stepper::new(sp(), 100);
+        text_only.admit(&llm, &[vec![1, 7, 9]], None, &[0]).unwrap();
+        assert!(text_only.drain()[0].1.image_hidden.is_none(), "a text-only prompt has no image states");
     }
 }

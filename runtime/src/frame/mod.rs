@@ -120,6 +120,14 @@ impl Frame {
         T::from_any(any).map_err(|found| self.wrong_type::<T>(name, &found))
     }
 
+    /// A typed clone of an attachment that may be absent (None), erring only on a wrong type.
+    pub fn optional_tensor<T: TypedTensor>(&self, name: &str) -> Result<Option<T>, FrameError> {
+        match self.any_tensor(name) {
+            Some(_) => self.tensor(name).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Removes and returns a typed attachment.
     pub fn take_tensor<T: TypedTensor>(&mut self, name: &str) -> Result<T, FrameError> {
         let idx = self.tensors.iter().position(|(n, _)| n == name).ok_or_else(|| self.missing(name))?;

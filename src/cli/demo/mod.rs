@@ -223,8 +223,11 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let train_files = vec![codes.join("train-00000-of-00001.parquet")];
     let texts = dataset_texts(&train_files)?;
     let init = out.join("model-init");
-    let (model_cfg, _) =
-        init_tiny_model_with(&texts, &vqvae, &init, args.seed, &PerceptioConfig::align_image_with_depth_grid)?;
+    let demo_layout = |cfg: &mut PerceptioConfig| {
+        cfg.align_image_with_depth_grid();
+        cfg.seg_grounding = true;
+    };
+    let (model_cfg, _) = init_tiny_model_with(&texts, &vqvae, &init, args.seed, &demo_layout)?;
     report.model = Some(model_cfg);
 
     // 5. The segmenter: SAM2 pretrained on the training split's masks with point prompts, so that the image encoder

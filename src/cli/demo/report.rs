@@ -341,7 +341,7 @@ impl Report {
                 "Model: the tiny preset with its image aligned to the depth-code grid: {}px images -> {} image \
                  tokens (one per depth code), placed after the question; LLM {} layers of width {} ({} heads, {} kv \
                  heads, RoPE base {}), vocabulary {} + {} added tokens; LLM training mode `{}`; image encoder {}; SAM2-tiny mask decoder \
-                 and `[SEG]` projection trained; SAM2 image encoder and depth tokenizer frozen. Every weight starts \
+                 and `[SEG]` projection trained{}; SAM2 image encoder and depth tokenizer frozen. Every weight starts \
                  random (no pretrained checkpoints exist for the tiny preset); {}.\n",
                 m.vlm.vision.image_size,
                 m.image_tokens(),
@@ -354,6 +354,12 @@ impl Report {
                 m.added_tokens,
                 m.trainable.llm,
                 if m.trainable.vision_encoder { "trained" } else { "frozen" },
+                if m.seg_grounding {
+                    ", with the grounding map (the `[SEG]` state scored against the image-token states and SAM2's \
+                     finest features, added to SAM2's mask logits and trained by its own cross-entropy, `seg_ground`)"
+                } else {
+                    ""
+                },
                 if self.segmenter.is_some() {
                     "the SAM2 image encoder Perceptio training freezes was pretrained first (below)"
                 } else {

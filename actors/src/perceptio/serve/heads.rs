@@ -97,11 +97,12 @@ impl Node for MaskNode {
         }
         let started = Instant::now();
         let hidden: Tensor<2> = frame.tensor("hidden")?; // [n, d]
+        let image: Option<Tensor<3>> = frame.optional_tensor("image_hidden")?; // [n, T, d]
         let levels: [Tensor<4>; 3] = [frame.tensor("fpn0")?, frame.tensor("fpn1")?, frame.tensor("fpn2")?]; // [n, C, H, W]
         let s = self.size;
         let probs = self
             .seg
-            .mask_probs(hidden, levels, s) // [n, S, S]
+            .mask_probs(hidden, image, levels, s) // [n, S, S]
             .map_err(|e| e.to_string())
             .and_then(host);
         let mask = |probs, size| ServeEvent::Mask { probs, size };

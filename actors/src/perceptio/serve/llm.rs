@@ -309,7 +309,7 @@ impl LlmNode {
     /// One decode step of the running batch, streaming its rows: tokens, then `[SEG]` states, then ends.
     fn decode_step(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
         let mut tokens: Vec<GenRow> = Vec::new();
-        let mut segs: Vec<(usize, Tensor<1>)> = Vec::new();
+        let mut segs: Vec<(usize, Tensor<1>, Option<Tensor<2>>)> = Vec::new();
         let hub = &self.hub;
         let running = &mut self.running;
         let result = self.stepper.step(&self.llm, &mut |event| match event {
@@ -319,22 +319,29 @@ impl LlmNode {
                 tokens.push(GenRow { key: r.row.key, submitted_ns: r.row.submitted_ns, kind: GenKind::Token(id) });
                 r.generated < r.row.max_new_tokens && !is_cancelled(hub, r.row.key)
             }
-            DecodeEvent::SegHidden { row, hidden } => {
-                segs.push((row, hidden.clone()));
+            DecodeEvent::SegHidden { row, hidden, image } => {
+                segs.push((row, hidden.clone(), image.cloned()));
                 running.get(&row).is_some_and(|r| !is_cancelled(hub, r.row.key))
             }
         });
         emit_rows(out, &mut tokens)?;
-        let (seg_rows, hidden): (Vec<GenRow>, Vec<Tensor<1>>) = segs
-            .into_iter()
-            .filter_map(|(tag, hidden)| {
-                let r = self.running.get(&tag)?;
-                Some((GenRow { key: r.row.key, submitted_ns: r.row.submitted_ns, kind: GenKind::Seg }, hidden))
-            })
-            .unzip();
+        let mut seg_rows: Vec<GenRow> = Vec::new();
+        let mut hidden: Vec<Tensor<1>> = Vec::new();
+        let mut images: Vec<Option<Tensor<2>>> = Vec::new();
+        for (tag, h, image) in segs {
+            let Some(r) = self.running.get(&tag) else { continue };
+            seg_rows.push(GenRow { key: r.row.key, submitted_ns: r.row.submitted_ns, kind: GenKind::Seg });
+            hidden.push(h);
+            images.push(image);
+        }
         if !seg_rows.is_empty() {
             let hidden = Tensor::stack::<2>(hidden, 0); // [n, d]
-            out.emit("out", generation_frame(&seg_rows)?.with_tensor("hidden", hidden)?)?;
+            let mut frame = generation_frame(&seg_rows)?.with_tensor("hidden", hidden)?;
+            // every serving prompt holds the image, so each row has its image-token states
+            if let Some(images) = images.into_iter().collect::<Option<Vec<_>>>() {
+                frame = frame.with_tensor("image_hidden", Tensor::stack::<3>(images, 0))?; // [n, T, d]
+            }
+            out.emit("out", frame)?;
         }
         let (finished, error) = match result {
             Ok(finished) => (finished.into_iter().map(|(tag, _)| tag).collect::<Vec<_>>(), None),

@@ -28,7 +28,7 @@ use super::{
 };
 
 /// The columns of the `seg` output: a request and whether this row carries its `[SEG]` state (frames of such
-/// rows carry `hidden` `[n, d]`) or releases it (`seg` = false: it ended without one).
+/// rows carry `hidden` `[n, d]` and, when the prompts hold an image, `image_hidden` `[n, T, d]`) or releases it (`seg` = false: it ended without one).
 pub fn seg_request_schema() -> Schema {
     Schema::new(vec![id_field(), Field::new("seg", DataType::Boolean, false)])
 }
@@ -179,7 +179,11 @@ impl Node for RouterNode {
                     hidden.dims()[0]
                 )));
             }
-            out.emit("seg", seg_frame(&seg_keys, true)?.with_tensor("hidden", hidden)?)?;
+            let mut f = seg_frame(&seg_keys, true)?.with_tensor("hidden", hidden)?;
+            if let Some(image) = frame.optional_tensor::<Tensor<3>>("image_hidden")? {
+                f = f.with_tensor("image_hidden", image)?; // [n, T, d]
+            }
+            out.emit("seg", f)?;
         }
         if !released.is_empty() {
             out.emit("seg", seg_frame(&released, false)?)?;

@@ -40,9 +40,12 @@ pub struct ServeSam2Params {
     pub eager: bool,
 }
 
-/// What goes to the mask decoder: a request, its `[SEG]` state `hidden` `[n, d]` and its FPN maps `fpn0..2`.
+/// What goes to the mask decoder: a request, its `[SEG]` state `hidden` `[n, d]`, its prompt's image-token states
+/// `image_hidden` `[n, T, d]` (for the grounding map) and its FPN maps `fpn0..2`.
 pub fn seg_features_port_schema() -> PortSchema {
-    let mut s = PortSchema::from_arrow(&id_schema()).with_tensor(TensorSpec::new("hidden", TensorKind::Float, 2));
+    let mut s = PortSchema::from_arrow(&id_schema())
+        .with_tensor(TensorSpec::new("hidden", TensorKind::Float, 2))
+        .with_tensor(TensorSpec::new("image_hidden", TensorKind::Float, 3));
     for name in ["fpn0", "fpn1", "fpn2"] {
         s = s.with_tensor(TensorSpec::new(name, TensorKind::Float, 4));
     }
@@ -94,12 +97,18 @@ enum Kept {
     Features(Box<Levels>),
 }
 
+/// A request's `[SEG]` state `[1, d]` and its prompt's image-token states `[1, T, d]` (when the LLM sent them).
+struct SegState {
+    hidden: Tensor<2>,
+    image: Option<Tensor<3>>,
+}
+
 struct Sam2Node {
     seg: SegPart,
     eager: bool,
     images: HashMap<u64, Kept>,
-    /// `[SEG]` states `[1, d]` (None: released) that arrived before their image.
-    states: HashMap<u64, Option<Tensor<2>>>,
+    /// `[SEG]` states (None: released) that arrived before their image.
+    states: HashMap<u64, Option<SegState>>,
 }
 
 impl Sam2Node {
@@ -111,7 +120,7 @@ impl Sam2Node {
     }
 
     /// Sends the joined requests on: their states and maps, encoding the images kept as pixels.
-    fn send(&self, ready: Vec<(u64, Tensor<2>, Kept)>, out: &mut Outputs) -> Result<(), NodeError> {
+    fn send(&self, ready: Vec<(u64, SegState, Kept)>, out: &mut Outputs) -> Result<(), NodeError> {
         if ready.is_empty() {
             return Ok(());
         }
@@ -145,11 +154,16 @@ impl Sam2Node {
         let [f0, f1, f2] = per_level.map(|l| Tensor::cat(l, 0)); // [n, C, H, W] each
         let schema = Arc::new(id_schema());
         let ids: ArrayRef = Arc::new(StringArray::from_iter_values(keys.iter().map(u64::to_string)));
-        let frame = Frame::new(RecordBatch::try_new(schema, vec![ids])?)
+        let (hidden, image): (Vec<Tensor<2>>, Vec<Option<Tensor<3>>>) =
+            hidden.into_iter().map(|s: SegState| (s.hidden, s.image)).unzip();
+        let mut frame = Frame::new(RecordBatch::try_new(schema, vec![ids])?)
             .with_tensor("hidden", Tensor::cat(hidden, 0))? // [n, d]
             .with_tensor("fpn0", f0)?
             .with_tensor("fpn1", f1)?
             .with_tensor("fpn2", f2)?;
+        if let Some(image) = image.into_iter().collect::<Option<Vec<_>>>() {
+            frame = frame.with_tensor("image_hidden", Tensor::cat(image, 0))?; // [n, T, d]
+        }
         out.emit("out", frame)
     }
 }
@@ -177,9 +191,13 @@ impl Node for Sam2Node {
         } else {
             let seg = column::<BooleanArray>(frame.batch(), "seg")?;
             let hidden: Option<Tensor<2>> = if seg.true_count() > 0 { Some(frame.tensor("hidden")?) } else { None };
+            let image: Option<Tensor<3>> = frame.optional_tensor("image_hidden")?; // [n, T, d]
             for (i, key) in keys.into_iter().enumerate() {
                 let state = match (&hidden, seg.value(i)) {
-                    (Some(h), true) => Some(h.clone().narrow(0, i, 1)), // [1, d]
+                    (Some(h), true) => Some(SegState {
+                        hidden: h.clone().narrow(0, i, 1),                        // [1, d]
+                        image: image.as_ref().map(|t| t.clone().narrow(0, i, 1)), // [1, T, d]
+                    }),
                     (None, true) => return Err(NodeError::msg("[SEG] rows without `hidden`")),
                     (_, false) => None,
                 };
