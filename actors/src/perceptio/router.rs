@@ -1,7 +1,8 @@
 //! `token-router`: splits the LLM's outputs by token type and hands each to its head: the whole micro-batch
-//! (logits and token layout) to `text` for the token losses, the `[SEG]` hidden states with their rows' image-token
-//! states and target masks to `seg`, and the depth-span code logits with their target depth maps to `depth`. Every output gets one frame per
-//! micro-batch (possibly with no rows), so the heads and the aggregator stay in step.
+//! (logits and token layout) to `text` for the token losses, the `[SEG]` hidden states with their rows'
+//! image-token states and target masks to `seg`, and the depth-span code logits with their target depth maps to
+//! `depth`. Every output gets one frame per micro-batch (possibly with no rows), so the heads and the aggregator
+//! stay in step.
 
 use std::sync::Arc;
 

@@ -89,8 +89,8 @@ impl LossTerms {
         ]
     }
 
-    /// `total = llm*L_llm + seg*(seg_bce*L_bce + seg_dice*L_dice + seg_ground*L_ground) + marker*L_marker + token*L_token
-    /// + count*L_count + rec*L_rec`. Absent terms and terms whose effective weight is 0 contribute nothing.
+    /// `total = llm*L_llm + seg*(seg_bce*L_bce + seg_dice*L_dice + seg_ground*L_ground) + marker*L_marker
+    /// + token*L_token + count*L_count + rec*L_rec`. Absent terms and terms whose effective weight is 0 contribute nothing.
     /// `None` when no term contributes.
     pub fn total(&self, cfg: &LossConfig) -> Option<Tensor<1>> {
         self.weighted(cfg)

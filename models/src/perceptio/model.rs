@@ -403,7 +403,8 @@ impl SegPart {
         let tokens = grounding.token_map(seg_hidden.clone(), image_hidden.detach()); // [B', 1, g, g]
         let tokens = upsample_masks(tokens, [h, w]); // [B', 1, 4e, 4e]
         let pixels = grounding.pixel_map(seg_hidden, fine); // [B', 1, H0, W0]
-        let pixels = if pixels.dims()[2..] == [h, w] { pixels } else { upsample_masks(pixels, [h, w]) }; // [B', 1, 4e, 4e]
+        let same = pixels.dims()[2..] == [h, w];
+        let pixels = if same { pixels } else { upsample_masks(pixels, [h, w]) }; // [B', 1, 4e, 4e]
         let map = tokens + pixels; // [B', 1, 4e, 4e]
         let logits = logits + map.clone().reshape([b, h, w]); // [B', 4e, 4e]
         Ok((logits, Some(map)))

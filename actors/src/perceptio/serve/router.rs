@@ -28,7 +28,8 @@ use super::{
 };
 
 /// The columns of the `seg` output: a request and whether this row carries its `[SEG]` state (frames of such
-/// rows carry `hidden` `[n, d]` and, when the prompts hold an image, `image_hidden` `[n, T, d]`) or releases it (`seg` = false: it ended without one).
+/// rows carry `hidden` `[n, d]` and, when the prompts hold an image, `image_hidden` `[n, T, d]`) or releases it
+/// (`seg` = false: it ended without one).
 pub fn seg_request_schema() -> Schema {
     Schema::new(vec![id_field(), Field::new("seg", DataType::Boolean, false)])
 }
