@@ -86,16 +86,7 @@ fn tiny_parts_have_the_documented_shapes_and_every_term_trains() {
     let loss_cfg = LossConfig::new();
     let terms = forward_terms(&model, &batch, &sp, &loss_cfg, cfg.depth_temperature).unwrap();
     let v = terms.values(&loss_cfg);
-    for (name, x) in [
-        ("llm", v.llm),
-        ("seg_bce", v.seg_bce),
-        ("seg_dice", v.seg_dice),
-        ("seg_ground", v.seg_ground),
-        ("marker", v.marker),
-        ("token", v.token),
-        ("count", v.count),
-        ("rec", v.rec),
-    ] {
+    for (name, x) in v.terms() {
         let x = x.unwrap_or_else(|| panic!("{name} missing"));
         assert!(x.is_finite() && x >= 0.0, "{name} = {x}");
     }

@@ -11,7 +11,7 @@ use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, UInt64Arra
 use arrow::datatypes::{DataType, Field, Schema};
 use burn::tensor::Tensor;
 use perceptio_models::perceptio::checkpoint::{CONFIG_FILE, Part, TOKENIZER_FILE};
-use perceptio_models::perceptio::loss::{LossConfig, LossTerms, LossValues};
+use perceptio_models::perceptio::loss::{LossConfig, LossTerms, LossValues, TERM_NAMES};
 use perceptio_models::perceptio::optim::OptimConfig;
 use perceptio_models::perceptio::step::token_terms;
 use perceptio_models::perceptio::{SpecialTokens, TokenBatch};
@@ -112,8 +112,15 @@ fn d_log() -> usize {
 }
 
 /// Names of the metrics columns after `step`, `optimizer_step`, `apply`, `lr`.
-pub const TERM_COLUMNS: [&str; 9] =
-    ["total", "llm", "seg_bce", "seg_dice", "seg_ground", "marker", "token", "count", "rec"];
+pub const TERM_COLUMNS: [&str; TERM_NAMES.len() + 1] = {
+    let mut columns = ["total"; TERM_NAMES.len() + 1];
+    let mut i = 0;
+    while i < TERM_NAMES.len() {
+        columns[i + 1] = TERM_NAMES[i];
+        i += 1;
+    }
+    columns
+};
 
 /// The metrics row schema.
 pub fn metrics_schema() -> Schema {
@@ -196,10 +203,7 @@ struct Aggregator {
 
 /// Scalar loss tensors of a one-row loss frame.
 fn loss_tensor(frame: Option<&Frame>, name: &str) -> Result<Option<Tensor<1>>, NodeError> {
-    match frame {
-        Some(f) if f.any_tensor(name).is_some() => Ok(Some(f.tensor::<Tensor<1>>(name)?)),
-        _ => Ok(None),
-    }
+    Ok(frame.map(|f| f.optional_tensor::<Tensor<1>>(name)).transpose()?.flatten())
 }
 
 impl Aggregator {
@@ -212,7 +216,8 @@ impl Aggregator {
             Arc::new(BooleanArray::from(vec![info.apply])),
             Arc::new(Float64Array::from(vec![self.optim.lr_at(opt_step as usize)])),
         ];
-        for x in [Some(v.total), v.llm, v.seg_bce, v.seg_dice, v.seg_ground, v.marker, v.token, v.count, v.rec] {
+        cols.push(f(Some(v.total)));
+        for (_, x) in v.terms() {
             cols.push(f(x));
         }
         Ok(Frame::new(RecordBatch::try_new(Arc::new(metrics_schema()), cols)?))
@@ -222,16 +227,7 @@ impl Aggregator {
 /// One line with every present term.
 pub fn describe(v: &LossValues) -> String {
     let mut s = format!("total {:.4}", v.total);
-    for (name, x) in [
-        ("llm", v.llm),
-        ("seg_bce", v.seg_bce),
-        ("seg_dice", v.seg_dice),
-        ("seg_ground", v.seg_ground),
-        ("marker", v.marker),
-        ("token", v.token),
-        ("count", v.count),
-        ("rec", v.rec),
-    ] {
+    for (name, x) in v.terms() {
         if let Some(x) = x {
             s.push_str(&format!(" {name} {x:.4}"));
         }

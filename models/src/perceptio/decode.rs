@@ -165,20 +165,19 @@ pub enum DecodeEvent<'a> {
 /// Greedy constrained generation for a batch of prompts (left-padded together) whose `<IMG_CONTEXT>` slots take
 /// the image tokens of `pixels` `[B, 3, p, p]` (None: text only), calling `on_event` as tokens and `[SEG]` states
 /// appear. A row stops at `<|im_end|>`, after `max_new` tokens, or when `on_event` returns false for it (a
-/// cancelled request); the batch goes on without it.
-#[allow(clippy::too_many_arguments)]
+/// cancelled request); the batch goes on without it. `stepper` is an empty [`Stepper`] set up for the model (its
+/// special tokens, span length, and whether rows keep their image-token states).
 pub fn generate_streaming(
     image_part: &ImageEncoderPart,
     llm: &LlmPart,
     prompts: &[Vec<u32>],
     pixels: Option<Tensor<4>>,
-    sp: &SpecialTokens,
-    span_len: usize,
+    stepper: Stepper,
     max_new: usize,
     on_event: &mut dyn FnMut(DecodeEvent<'_>) -> bool,
 ) -> Result<Vec<Generated>, ModelError> {
     let image = pixels.map(|p| image_part.forward(p)); // [B, T, d]
-    generate_from_image_tokens(llm, prompts, image, sp, span_len, max_new, on_event)
+    generate_from_image_tokens(llm, prompts, image, stepper, max_new, on_event)
 }
 
 /// [`generate_streaming`] on image tokens `[B, T, d]` already encoded (the serving graph's image encoder runs as
@@ -187,13 +186,11 @@ pub fn generate_from_image_tokens(
     llm: &LlmPart,
     prompts: &[Vec<u32>],
     image: Option<Tensor<3>>,
-    sp: &SpecialTokens,
-    span_len: usize,
+    mut stepper: Stepper,
     max_new: usize,
     on_event: &mut dyn FnMut(DecodeEvent<'_>) -> bool,
 ) -> Result<Vec<Generated>, ModelError> {
     let b = prompts.len();
-    let mut stepper = Stepper::new(*sp, span_len);
     let tags: Vec<usize> = (0..b).collect();
     stepper.admit(llm, prompts, image, &tags)?;
     let mut out: Vec<Option<Generated>> = vec![None; b];

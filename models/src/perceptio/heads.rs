@@ -86,29 +86,38 @@ impl SegGrounding {
     pub fn token_map(&self, seg: Tensor<2>, image: Tensor<3>) -> Tensor<4> {
         let [b, t, _] = image.dims();
         let g = t.isqrt();
-        let q = self.query.forward(seg); // [B', k]
-        let k = q.dims()[1];
-        let keys = self.key.forward(image); // [B', T, k]
-        let scores = keys.matmul(q.reshape([b, k, 1])).mul_scalar((k as f64).powf(-0.5)); // [B', T, 1]
+        let scores = scaled_scores(self.query.forward(seg), self.key.forward(image)); // [B', T, 1]
         scores.reshape([b, 1, g, g]) // [B', 1, g, g]
     }
 
     /// `[SEG]` states `[B', d]` + SAM2's finest FPN map `[B', C, H, W]` -> pixel score maps `[B', 1, H, W]`.
     pub fn pixel_map(&self, seg: Tensor<2>, fine: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = fine.dims();
-        let q = self.pixel_query.forward(seg); // [B', k]
-        let k = q.dims()[1];
         let keys = self.pixel_key.forward(fine.reshape([b, c, h * w]).swap_dims(1, 2)); // [B', HW, k]
-        let scores = keys.matmul(q.reshape([b, k, 1])).mul_scalar((k as f64).powf(-0.5)); // [B', HW, 1]
+        let scores = scaled_scores(self.pixel_query.forward(seg), keys); // [B', HW, 1]
         scores.reshape([b, 1, h, w]) // [B', 1, H, W]
     }
+}
+
+/// Scaled dot products of one query per row with that row's keys: `q` `[B, k]`, `keys` `[B, N, k]` -> `[B, N, 1]`.
+fn scaled_scores(q: Tensor<2>, keys: Tensor<3>) -> Tensor<3> {
+    let [b, k] = q.dims();
+    keys.matmul(q.reshape([b, k, 1])).mul_scalar((k as f64).powf(-0.5)) // [B, N, 1]
+}
+
+/// Hidden states `[B, S, d]` at flat positions `b * S + t` -> `[N, d]`.
+fn gather_positions(hidden: Tensor<3>, index: Vec<i64>) -> Tensor<2> {
+    let [b, s, d] = hidden.dims();
+    let n = index.len();
+    let index = Tensor::<1, Int>::from_data(TensorData::new(index, [n]), &hidden.device()); // [N]
+    hidden.reshape([b * s, d]).select(0, index) // [N, d]
 }
 
 /// The image-token states of rows `rows` of the batch `ids`: the last hidden states at each row's `image_token`
 /// positions `[B', T, d]`. None when `rows` is empty or the rows do not all hold the same, non-zero number of
 /// image tokens (text-only prompts).
 pub fn image_hidden(hidden: Tensor<3>, ids: &[Vec<u32>], rows: &[usize], image_token: u32) -> Option<Tensor<3>> {
-    let [bb, s, d] = hidden.dims();
+    let [_, s, d] = hidden.dims();
     let mut index: Vec<i64> = Vec::new();
     let mut t = None;
     for &r in rows {
@@ -121,24 +130,20 @@ pub fn image_hidden(hidden: Tensor<3>, ids: &[Vec<u32>], rows: &[usize], image_t
         }
     }
     let t = t?;
-    let b = rows.len();
-    let index = Tensor::<1, Int>::from_data(TensorData::new(index, [b * t]), &hidden.device()); // [B'*T]
-    Some(hidden.reshape([bb * s, d]).select(0, index).reshape([b, t, d])) // [B', T, d]
+    Some(gather_positions(hidden, index).reshape([rows.len(), t, d])) // [B', T, d]
 }
 
 /// The rows of `batch` that contain `[SEG]` and the last hidden state at that position: `[B', d]` plus the batch
 /// indices of those rows (in order). None when no row has one.
 pub fn seg_hidden(hidden: Tensor<3>, batch: &TokenBatch) -> Option<(Tensor<2>, Vec<usize>)> {
-    let [b, s, d] = hidden.dims();
+    let s = hidden.dims()[1];
     let rows: Vec<(usize, usize)> =
         batch.seqs.iter().enumerate().filter_map(|(i, q)| q.seg_pos.map(|p| (i, p))).collect();
     if rows.is_empty() {
         return None;
     }
-    let device = hidden.device();
     let index: Vec<i64> = rows.iter().map(|&(i, p)| (i * s + p) as i64).collect();
-    let index = Tensor::<1, Int>::from_data(TensorData::new(index, [rows.len()]), &device); // [B']
-    let picked = hidden.reshape([b * s, d]).select(0, index); // [B', d]
+    let picked = gather_positions(hidden, index); // [B', d]
     Some((picked, rows.into_iter().map(|(i, _)| i).collect()))
 }
 

@@ -115,9 +115,21 @@ impl LossTerms {
             rec: read(&self.rec),
         };
         let weights = self.weighted(cfg).map(|(_, w)| w);
-        let host = [v.llm, v.seg_bce, v.seg_dice, v.seg_ground, v.marker, v.token, v.count, v.rec];
+        let host = v.terms().map(|(_, x)| x);
         v.total = host.iter().zip(weights).filter(|(_, w)| *w != 0.0).filter_map(|(x, w)| x.map(|x| x * w)).sum();
         v
+    }
+}
+
+/// The names of the loss terms, in the order of [`LossValues::terms`] (and of the weights in the total).
+pub const TERM_NAMES: [&str; 8] = ["llm", "seg_bce", "seg_dice", "seg_ground", "marker", "token", "count", "rec"];
+
+impl LossValues {
+    /// Every term with its name ([`TERM_NAMES`] order), for logs and metrics rows.
+    pub fn terms(&self) -> [(&'static str, Option<f64>); 8] {
+        let values =
+            [self.llm, self.seg_bce, self.seg_dice, self.seg_ground, self.marker, self.token, self.count, self.rec];
+        std::array::from_fn(|i| (TERM_NAMES[i], values[i]))
     }
 }
 

@@ -14,6 +14,7 @@ use super::image::{decode_png_planar, encoder_input};
 use super::layout::SpecialTokens;
 use super::model::{ModelError, Perceptio, PerceptioConfig};
 use super::sequence::{SequenceConfig, SequenceError, parse_answer, prompt_ids};
+use super::stepper::Stepper;
 use super::tokens::{TokensError, special_tokens};
 use crate::depth::DepthError;
 use crate::tokenizer::TextTokenizer;
@@ -257,8 +258,7 @@ impl Predictor {
             &self.model.llm,
             &prompts,
             Some(pixels),
-            &sp,
-            self.span_len(),
+            Stepper::new(sp, self.span_len()).keeping_image_states(self.cfg.seg_grounding),
             opts.max_new_tokens,
             &mut |event| match event {
                 DecodeEvent::Token { row, id } => on_event(PredictEvent::Token { row, id, text: self.text.piece(id) }),

@@ -28,11 +28,20 @@ pub struct Stepper {
     last: Option<Tensor<3>>,
     /// The additive constraint masks `[5, V]` (made on the first admission).
     masks: Option<Tensor<2>>,
+    /// Keep each row's image-token states (`Generated::image_hidden`): only a mask decoder with the grounding map
+    /// reads them, and they cost `T x d` per running row.
+    keep_image_states: bool,
 }
 
 impl Stepper {
     pub fn new(sp: SpecialTokens, span_len: usize) -> Self {
-        Self { sp, span_len, rows: Vec::new(), cache: None, last: None, masks: None }
+        Self { sp, span_len, rows: Vec::new(), cache: None, last: None, masks: None, keep_image_states: false }
+    }
+
+    /// Whether admitted rows keep their image-token states (off by default; on for models with `seg_grounding`).
+    pub fn keeping_image_states(mut self, keep: bool) -> Self {
+        self.keep_image_states = keep;
+        self
     }
 
     /// Rows running.
@@ -72,7 +81,10 @@ impl Stepper {
         let h = lm.model.forward_embeds(x, Some(&pad), Some(&mut cache)); // [n, S, d]
         let [_, s, d] = h.dims();
         let rows: Vec<usize> = (0..n).collect();
-        let images = image_hidden(h.clone(), &ids, &rows, llm.image_token_id as u32); // [n, T, d]
+        let images = self
+            .keep_image_states
+            .then(|| image_hidden(h.clone(), &ids, &rows, llm.image_token_id as u32)) // [n, T, d]
+            .flatten();
         let last = h.slice([0..n, s - 1..s, 0..d]); // [n, 1, d]
         if self.masks.is_none() {
             self.masks = Some(constraint_masks(llm.vocab_size(), &self.sp, &last.device())); // [5, V]
@@ -241,8 +253,14 @@ mod tests {
         let alone: Vec<Vec<u32>> = (0..3)
             .map(|i| {
                 let one = [prompts[i].clone()];
-                let g =
-                    generate_from_image_tokens(&llm, &one, Some(images[i].clone()), &sp, 100, limits[i], &mut |_| true);
+                let g = generate_from_image_tokens(
+                    &llm,
+                    &one,
+                    Some(images[i].clone()),
+                    Stepper::new(sp, 100),
+                    limits[i],
+                    &mut |_| true,
+                );
                 g.unwrap().remove(0).ids
             })
             .collect();
@@ -285,7 +303,7 @@ mod tests {
         // different lengths, so the shorter prompt is left-padded in the batch
         let prompts = [prompt(&[9, 10, 11, 12, 13]), prompt(&[14])];
         let images = Tensor::<3>::random([2, 16, 128], Distribution::Normal(0.0, 1.0), &device); // [2, 16, d]
-        let mut stepper = Stepper::new(sp(), 100);
+        let mut stepper = Stepper::new(sp(), 100).keeping_image_states(true);
         stepper.admit(&llm, &prompts, Some(images.clone()), &[0, 1]).unwrap();
         let mut got: Vec<(usize, Generated)> = stepper.drain();
         got.sort_by_key(|(tag, _)| *tag);
@@ -297,8 +315,12 @@ mod tests {
             let diff = (kept - want).abs().max().into_scalar::<f32>();
             assert!(diff < 1e-4, "row {i}: image states differ by {diff}");
         }
-        let mut text_only = Stepper::new(sp(), 100);
+        let mut text_only = Stepper::new(sp(), 100).keeping_image_states(true);
         text_only.admit(&llm, &[vec![1, 7, 9]], None, &[0]).unwrap();
         assert!(text_only.drain()[0].1.image_hidden.is_none(), "a text-only prompt has no image states");
+        // by default rows keep none (models without the grounding map never read them)
+        let mut plain = Stepper::new(sp(), 100);
+        plain.admit(&llm, &prompts[..1], Some(images.narrow(0, 0, 1)), &[0]).unwrap();
+        assert!(plain.drain()[0].1.image_hidden.is_none(), "kept without being asked for");
     }
 }

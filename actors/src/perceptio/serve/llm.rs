@@ -194,7 +194,7 @@ impl NodeKind for ServeLlmKind {
             hub: self.hub.clone(),
             pending: VecDeque::new(),
             flushed: false,
-            stepper: Stepper::new(text.specials, text.sequence.span_len),
+            stepper: Stepper::new(text.specials, text.sequence.span_len).keeping_image_states(dir.cfg.seg_grounding),
             running: HashMap::new(),
             next_tag: 0,
         })))
