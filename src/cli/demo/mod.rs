@@ -2,8 +2,9 @@
 //! trains the depth tokenizer on the training split's depth maps, caches every row's depth codes
 //! (`dataflows/cache-depth-codes.yaml`), initialises a tiny Perceptio with its image aligned to the depth-code
 //! grid, pretrains its SAM2 on the world's masks (`perceptio pretrain-sam2`), trains it twice through the actor
-//! graph (`dataflows/train.yaml`: the full model, first on depth questions alone and then on the task mixture,
-//! and the "no depth tokens" ablation for the same number of mixture steps), evaluates both on the held-out test
+//! graph (`dataflows/train.yaml`: the full model, first on depth questions alone, then on the task mixture, then
+//! mostly on referring questions; the "no depth tokens" ablation for the same mixture and referring steps),
+//! evaluates both on the held-out test
 //! split (`dataflows/eval.yaml`) and writes `report.md` with the results table, training curves and sample
 //! answers. `--quick` runs the same stages smaller.
 
@@ -57,6 +58,11 @@ pub struct DemoArgs {
     /// tokens a depth question has no answer, so it drops these rows as it drops them from its mixture.
     #[arg(long)]
     pub depth_steps: Option<usize>,
+    /// Steps on referring questions after the mixture, for both models, with the other tasks rehearsed at a
+    /// sixth of their weight: the grounding map learns from referring rows alone, and the mixture holds few
+    /// (default 300, or 10 with --quick; 0 skips the stage).
+    #[arg(long)]
+    pub referring_steps: Option<usize>,
     /// Test rows evaluated per model (default: all, or 48 with --quick).
     #[arg(long)]
     pub eval_rows: Option<usize>,
@@ -73,6 +79,7 @@ pub struct Plan {
     pub sam2_steps: usize,
     pub depth_steps: usize,
     pub steps: usize,
+    pub referring_steps: usize,
     pub eval_rows: Option<usize>,
 }
 
@@ -85,6 +92,7 @@ impl DemoArgs {
             sam2_steps: self.sam2_steps.unwrap_or(if q { 20 } else { 300 }),
             depth_steps: self.depth_steps.unwrap_or(if q { 10 } else { 300 }),
             steps: self.steps.unwrap_or(if q { 30 } else { 250 }),
+            referring_steps: self.referring_steps.unwrap_or(if q { 10 } else { 300 }),
             eval_rows: self.eval_rows.or(if q { Some(48) } else { None }),
         }
     }
@@ -264,8 +272,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         report.stage("segmenter", secs(t));
     }
 
-    // 6. Train twice: the full model (depth questions alone, then the mixture) and the no-depth-tokens ablation
-    //    (the mixture, which for it has no depth questions, for the same number of steps).
+    // 6. Train twice: the full model (depth questions alone, then the mixture, then referring questions with the
+    //    rest rehearsed) and the no-depth-tokens ablation (the mixture, which for it has no depth questions, and the
+    //    referring stage, for the same numbers of steps).
     let test_glob = codes.join("test-*.parquet").display().to_string();
     let train_glob = codes.join("train-*.parquet").display().to_string();
     for (name, depth_tokens) in [("full", true), ("no depth tokens", false)] {
@@ -277,7 +286,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 what: "depth questions alone",
                 dir: out.join("train-full-depth"),
                 steps: plan.depth_steps,
-                depth_only: true,
+                weights: TaskWeights::DEPTH_ONLY,
             });
         }
         stages.push(Stage {
@@ -285,8 +294,19 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             what: "the task mixture",
             dir: dir.clone(),
             steps: plan.steps,
-            depth_only: false,
+            weights: TaskWeights::MIXTURE,
         });
+        if plan.referring_steps > 0 {
+            let mut referring = dir.clone().into_os_string();
+            referring.push("-referring");
+            stages.push(Stage {
+                label: if depth_tokens { "train-ref" } else { "train-abl-ref" },
+                what: "referring questions (the other tasks rehearsed)",
+                dir: PathBuf::from(referring),
+                steps: plan.referring_steps,
+                weights: TaskWeights::REFERRING_REHEARSED,
+            });
+        }
         let t = Instant::now();
         let mut model = init.clone();
         let mut curve = report::Curve::default();
@@ -345,8 +365,25 @@ struct Stage {
     what: &'static str,
     dir: PathBuf,
     steps: usize,
-    /// Only depth questions (the other tasks' weights are 0).
-    depth_only: bool,
+    weights: TaskWeights,
+}
+
+/// A stage's task mixture: the relative weights of `dataflows/train.yaml`'s `task_weights`.
+#[derive(Debug, Clone, Copy)]
+struct TaskWeights {
+    referring: f64,
+    points: f64,
+    depth: f64,
+    vqa: f64,
+}
+
+impl TaskWeights {
+    const DEPTH_ONLY: Self = Self { referring: 0.0, points: 0.0, depth: 1.0, vqa: 0.0 };
+    const MIXTURE: Self = Self { referring: 1.0, points: 1.0, depth: 1.0, vqa: 1.0 };
+    /// Referring rows, with the other tasks at 0.15 so that the answers they need are not forgotten: 300 steps of
+    /// referring rows alone after the demo's mixture left the full model with no correct point or VQA answer
+    /// (docs/referring.md).
+    const REFERRING_REHEARSED: Self = Self { referring: 1.0, points: 0.15, depth: 0.15, vqa: 0.15 };
 }
 
 /// Runs one stage from the model directory `model`, into a cleared `stage.dir`.
@@ -362,11 +399,11 @@ async fn train_stage(stage: &Stage, train_glob: &str, model: &Path, depth_tokens
         ("PERCEPTIO_DEPTH_TOKENS", depth_tokens.to_string()),
         ("PERCEPTIO_RESUME", "false".to_string()),
     ];
-    let other_tasks = if stage.depth_only { "0" } else { "1.0" };
-    for task in ["PERCEPTIO_WEIGHT_REFERRING", "PERCEPTIO_WEIGHT_POINTS", "PERCEPTIO_WEIGHT_VQA"] {
-        vars.push((task, other_tasks.to_string()));
-    }
-    vars.push(("PERCEPTIO_WEIGHT_DEPTH", "1.0".to_string()));
+    let w = stage.weights;
+    vars.push(("PERCEPTIO_WEIGHT_REFERRING", w.referring.to_string()));
+    vars.push(("PERCEPTIO_WEIGHT_POINTS", w.points.to_string()));
+    vars.push(("PERCEPTIO_WEIGHT_DEPTH", w.depth.to_string()));
+    vars.push(("PERCEPTIO_WEIGHT_VQA", w.vqa.to_string()));
     run_flow(stage.label, "dataflows/train.yaml", TRAIN_FLOW, &vars, Track::NodeOut("loss", stage.steps as u64)).await
 }
 

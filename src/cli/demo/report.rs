@@ -283,7 +283,8 @@ impl Report {
             s,
             "Command: `perceptio demo{}` (seed {}): {} scenes, depth tokenizer {} steps, segmenter {} steps, \
              Perceptio {} steps on the task mixture per model (the full model after {} steps on depth questions \
-             alone), {} test rows per evaluation. {:.0} s in total on this machine.\n",
+             alone), then {} steps on referring questions with the other tasks rehearsed, {} test rows per \
+             evaluation. {:.0} s in total on this machine.\n",
             if self.quick { " --quick" } else { "" },
             self.seed,
             p.scenes,
@@ -291,6 +292,7 @@ impl Report {
             p.sam2_steps,
             p.steps,
             p.depth_steps,
+            p.referring_steps,
             p.eval_rows.map_or("all".to_string(), |n| format!("up to {n}")),
             self.total_secs
         );
