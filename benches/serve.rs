@@ -67,9 +67,8 @@ fn direct(p: &Predictor, queries: &[Query], tokens: usize, rounds: usize) -> any
         let started = Instant::now();
         let mut first: Vec<Option<Duration>> = vec![None; b];
         p.answer_streaming(queries, &opts, &mut |e| {
-            if let PredictEvent::Token { row, .. } = e {
-                first[row].get_or_insert_with(|| started.elapsed());
-            }
+            let PredictEvent::Token { row, .. } = e;
+            first[row].get_or_insert_with(|| started.elapsed());
             true
         })?;
         if round > 0 {
