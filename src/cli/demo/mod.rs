@@ -4,9 +4,8 @@
 //! grid, pretrains its SAM2 on the world's masks (`perceptio pretrain-sam2`), trains it twice through the actor
 //! graph (`dataflows/train.yaml`: the full model, first on depth questions alone, then on the task mixture, then
 //! mostly on referring questions; the "no depth tokens" ablation for the same mixture and referring steps),
-//! evaluates both on the held-out test
-//! split (`dataflows/eval.yaml`) and writes `report.md` with the results table, training curves and sample
-//! answers. `--quick` runs the same stages smaller.
+//! evaluates both on the held-out test split (`dataflows/eval.yaml`) and writes `report.md` with the results
+//! table, training curves and sample answers. `--quick` runs the same stages smaller.
 
 mod plot;
 mod report;
@@ -58,9 +57,9 @@ pub struct DemoArgs {
     /// tokens a depth question has no answer, so it drops these rows as it drops them from its mixture.
     #[arg(long)]
     pub depth_steps: Option<usize>,
-    /// Steps on referring questions after the mixture, for both models, with the other tasks rehearsed at a
-    /// sixth of their weight: the grounding map learns from referring rows alone, and the mixture holds few
-    /// (default 300, or 10 with --quick; 0 skips the stage).
+    /// Steps on referring questions after the mixture, for both models, with the other tasks rehearsed at 0.15
+    /// of their weight: the grounding map learns from referring rows alone, and the mixture holds few (default
+    /// 300, or 10 with --quick; 0 skips the stage).
     #[arg(long)]
     pub referring_steps: Option<usize>,
     /// Test rows evaluated per model (default: all, or 48 with --quick).
@@ -297,12 +296,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             weights: TaskWeights::MIXTURE,
         });
         if plan.referring_steps > 0 {
-            let mut referring = dir.clone().into_os_string();
-            referring.push("-referring");
             stages.push(Stage {
                 label: if depth_tokens { "train-ref" } else { "train-abl-ref" },
                 what: "referring questions (the other tasks rehearsed)",
-                dir: PathBuf::from(referring),
+                dir: out.join(if depth_tokens { "train-full-referring" } else { "train-no-depth-referring" }),
                 steps: plan.referring_steps,
                 weights: TaskWeights::REFERRING_REHEARSED,
             });

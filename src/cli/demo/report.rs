@@ -283,8 +283,7 @@ impl Report {
             s,
             "Command: `perceptio demo{}` (seed {}): {} scenes, depth tokenizer {} steps, segmenter {} steps, \
              Perceptio {} steps on the task mixture per model (the full model after {} steps on depth questions \
-             alone), then {} steps on referring questions with the other tasks rehearsed, {} test rows per \
-             evaluation. {:.0} s in total on this machine.\n",
+             alone){}, {} test rows per evaluation. {:.0} s in total on this machine.\n",
             if self.quick { " --quick" } else { "" },
             self.seed,
             p.scenes,
@@ -292,7 +291,11 @@ impl Report {
             p.sam2_steps,
             p.steps,
             p.depth_steps,
-            p.referring_steps,
+            if p.referring_steps > 0 {
+                format!(", then {} steps on referring questions with the other tasks rehearsed", p.referring_steps)
+            } else {
+                String::new()
+            },
             p.eval_rows.map_or("all".to_string(), |n| format!("up to {n}")),
             self.total_secs
         );
