@@ -358,6 +358,9 @@ fn score_gives_the_hand_computed_numbers() {
     assert!((t.points_at(4).unwrap() - 1.0).abs() < 1e-12);
     assert_eq!(t.points_at(5), None);
     assert!((t.points_average().unwrap() - 0.75).abs() < 1e-12);
+    // answered (A), (B), (B); the best constant answer: 1 of 2 truths (A, C) at 3 points, 1 of 1 at 4 points
+    assert_eq!((t.points.most_common_answer.as_deref(), t.points.most_common_count), (Some("(B)"), 2));
+    assert!((t.points.constant_answer_average.unwrap() - 0.75).abs() < 1e-12);
 
     let d = &t.depth;
     assert_eq!((d.samples, d.missing), (3, 1));
@@ -376,6 +379,8 @@ fn score_gives_the_hand_computed_numbers() {
     let md = t.markdown();
     assert!(md.contains("| referring | cIoU (misses count) | 0.800 | 2 (1 without [SEG]) |"), "{md}");
     assert!(md.contains("| points | average accuracy (%) | 75.0 |"), "{md}");
+    assert!(md.contains("| points | most common answer | (B) for 2 | 3 |"), "{md}");
+    assert!(md.contains("| points | average accuracy of the best constant answer (%) | 75.0 | 3 |"), "{md}");
     assert!(md.contains("| vqa | accuracy, normalised (%) | 50.0 | 2 |"), "{md}");
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("sub/eval.json");

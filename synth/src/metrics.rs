@@ -85,24 +85,54 @@ pub fn extract_choice(text: &str) -> Option<char> {
         .and_then(|t| t.chars().next())
 }
 
-/// Point-question accuracy per number of points.
+/// Point-question accuracy per number of points, and how the answers and the truths spread over the letters.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PointMetrics {
     /// points -> (correct, total)
     pub by_points: BTreeMap<u32, (u64, u64)>,
+    /// The letters answered, over every count (None: no letter in the answer).
+    pub answered: BTreeMap<Option<char>, u64>,
+    /// points -> true letter -> questions.
+    pub truths: BTreeMap<u32, BTreeMap<char, u64>>,
 }
 
 impl PointMetrics {
     /// Add one question with `n_points`; `pred` is the model's text (None = no answer, counted wrong).
     pub fn add(&mut self, n_points: u32, pred: Option<&str>, truth: &str) -> bool {
-        let ok = match (pred.and_then(extract_choice), extract_choice(truth)) {
+        let (pred, truth) = (pred.and_then(extract_choice), extract_choice(truth));
+        let ok = match (pred, truth) {
             (Some(p), Some(t)) => p == t,
             _ => false,
         };
         let e = self.by_points.entry(n_points).or_insert((0, 0));
         e.0 += u64::from(ok);
         e.1 += 1;
+        *self.answered.entry(pred).or_insert(0) += 1;
+        if let Some(t) = truth {
+            *self.truths.entry(n_points).or_default().entry(t).or_insert(0) += 1;
+        }
         ok
+    }
+    /// The letter answered most often (None: answers without a letter), with its number of questions. Ties go to
+    /// the first in key order: no letter, then A to E. None before any question.
+    pub fn most_common_answer(&self) -> Option<(Option<char>, u64)> {
+        // iteration is in key order and max_by_key keeps the last maximum, so walk it backwards
+        self.answered.iter().rev().max_by_key(|(_, n)| **n).map(|(c, n)| (*c, *n))
+    }
+    /// The average accuracy of the best answer that ignores the image: for each count, the letter that is right
+    /// most often among these questions, always given. It is what a model that learned only the letter
+    /// frequencies (and the count, from the image) would score.
+    pub fn constant_answer_average(&self) -> Option<f64> {
+        let accs: Vec<f64> = self
+            .by_points
+            .iter()
+            .filter(|(_, (_, total))| *total > 0)
+            .map(|(n, (_, total))| {
+                let best = self.truths.get(n).and_then(|t| t.values().max().copied()).unwrap_or(0);
+                best as f64 / *total as f64
+            })
+            .collect();
+        (!accs.is_empty()).then(|| accs.iter().sum::<f64>() / accs.len() as f64)
     }
     pub fn accuracy(&self, n_points: u32) -> Option<f64> {
         self.by_points.get(&n_points).filter(|(_, t)| *t > 0).map(|(c, t)| *c as f64 / *t as f64)

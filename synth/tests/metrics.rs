@@ -44,6 +44,37 @@ fn point_accuracy_per_count_and_average() {
     assert_eq!(pm.accuracy(4), Some(0.5));
     assert_eq!(pm.accuracy(5), Some(1.0));
     assert!((pm.average().unwrap() - (2.0 / 3.0 + 0.5 + 1.0) / 3.0).abs() < 1e-12);
+    // answered letters: A, B, A, none, C, E -> A twice
+    assert_eq!(pm.most_common_answer(), Some((Some('A'), 2)));
+    // truths: (A) for all 3 questions with 3 points, (C) for both with 4, (E) for the one with 5: one letter per
+    // count is always right
+    assert!((pm.constant_answer_average().unwrap() - 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn a_constant_answer_scores_the_constant_baseline() {
+    let mut pm = PointMetrics::default();
+    assert_eq!(pm.most_common_answer(), None);
+    assert_eq!(pm.constant_answer_average(), None);
+    // 3 points: truths A, A, B, C; 4 points: truths B, D, D, D, A. The model always says (A).
+    for t in ["(A)", "(A)", "(B)", "(C)"] {
+        pm.add(3, Some("(A)"), t);
+    }
+    for t in ["(B)", "(D)", "(D)", "(D)", "(A)"] {
+        pm.add(4, Some("(A)"), t);
+    }
+    assert_eq!(pm.most_common_answer(), Some((Some('A'), 9)));
+    // best constant: A for 3 points (2/4), D for 4 points (3/5)
+    assert!((pm.constant_answer_average().unwrap() - (0.5 + 0.6) / 2.0).abs() < 1e-12);
+    // the model's own constant (A) scores 2/4 and 1/5
+    assert!((pm.average().unwrap() - (0.5 + 0.2) / 2.0).abs() < 1e-12);
+    // a tie goes to the earlier letter, and an answer without a letter (None) comes before every letter
+    let mut tie = PointMetrics::default();
+    tie.add(3, Some("(C)"), "(A)");
+    tie.add(3, Some("(B)"), "(A)");
+    assert_eq!(tie.most_common_answer(), Some((Some('B'), 1)));
+    tie.add(3, Some("no idea"), "(A)");
+    assert_eq!(tie.most_common_answer(), Some((None, 1)));
 }
 
 #[test]

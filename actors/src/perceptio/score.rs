@@ -114,6 +114,16 @@ pub struct PointsScore {
     /// The same average for the answers read off the rows' own decoded depth maps (None without such rows).
     #[serde(default)]
     pub from_depth_map: Option<f64>,
+    /// The answer given most often: "(C)", or "no letter" for answers that name none.
+    #[serde(default)]
+    pub most_common_answer: Option<String>,
+    /// How many questions got that answer.
+    #[serde(default)]
+    pub most_common_count: u64,
+    /// The average accuracy of the best answer that ignores the image: per point count, the letter that is
+    /// right most often on these questions, always given.
+    #[serde(default)]
+    pub constant_answer_average: Option<f64>,
 }
 
 /// Depth generation (see the module docs for the exact definitions).
@@ -228,6 +238,17 @@ impl EvalTable {
             fmt_opt(p.average, 100.0, 1),
             format!("{} ({} with a depth span)", p.samples, p.with_depth_span),
         );
+        if let Some(answer) = &p.most_common_answer {
+            row("points", "most common answer", format!("{answer} for {}", p.most_common_count), p.samples.to_string());
+        }
+        if p.constant_answer_average.is_some() {
+            row(
+                "points",
+                "average accuracy of the best constant answer (%)",
+                fmt_opt(p.constant_answer_average, 100.0, 1),
+                p.samples.to_string(),
+            );
+        }
         if p.from_depth_map.is_some() {
             row(
                 "points",
@@ -628,6 +649,12 @@ impl Scorer {
             average: self.points.average(),
             with_depth_map: self.points_with_map,
             from_depth_map: self.points_from_map.average(),
+            most_common_answer: self.points.most_common_answer().map(|(c, _)| match c {
+                Some(c) => format!("({c})"),
+                None => "no letter".to_string(),
+            }),
+            most_common_count: self.points.most_common_answer().map_or(0, |(_, n)| n),
+            constant_answer_average: self.points.constant_answer_average(),
             by_points,
         };
         let d = &self.depth;

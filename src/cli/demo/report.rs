@@ -257,6 +257,23 @@ impl Report {
                 100.0 * map
             );
         }
+        let (fp, ap) = (&full.table.points, &abl.table.points);
+        if let (Some(f_ans), Some(a_ans), Some(constant)) =
+            (&fp.most_common_answer, &ap.most_common_answer, fp.constant_answer_average)
+        {
+            let _ = writeln!(
+                s,
+                "- Do the answers to point questions depend on the image? The full model answers {f_ans} to {} of {} \
+                 questions, the no-depth-tokens model {a_ans} to {} of {}. Always giving, per point count, the letter \
+                 that is right most often on these questions would score {:.1}%: an answer that ignores the image \
+                 scores no more.",
+                fp.most_common_count,
+                fp.samples,
+                ap.most_common_count,
+                ap.samples,
+                100.0 * constant
+            );
+        }
         let d = &full.table.depth;
         if let (Some(mse), Some(blind), Some(spread)) = (d.mse, d.blind_mse, d.prediction_spread) {
             let verdict = if mse < blind {
