@@ -352,6 +352,9 @@ fn score_gives_the_hand_computed_numbers() {
     assert!((r.ciou_answered.unwrap() - 1.0).abs() < 1e-12);
     assert!((r.mean_iou.unwrap() - 0.5).abs() < 1e-12);
     assert!((r.precision_at_half.unwrap() - 0.5).abs() < 1e-12);
+    // the one predicted mask covers a quarter of its image; the targets 4 and 16 of 64 pixels
+    assert!((r.mean_mask_area.unwrap() - 0.25).abs() < 1e-12, "{:?}", r.mean_mask_area);
+    assert!((r.mean_target_area.unwrap() - (4.0 / 64.0 + 0.25) / 2.0).abs() < 1e-12, "{:?}", r.mean_target_area);
 
     assert_eq!(t.points.samples, 3);
     assert!((t.points_at(3).unwrap() - 0.5).abs() < 1e-12);
@@ -380,6 +383,8 @@ fn score_gives_the_hand_computed_numbers() {
     assert!(md.contains("| referring | cIoU (misses count) | 0.800 | 2 (1 without [SEG]) |"), "{md}");
     assert!(md.contains("| points | average accuracy (%) | 75.0 |"), "{md}");
     assert!(md.contains("| points | most common answer | (B) for 2 | 3 |"), "{md}");
+    assert!(md.contains("| referring | mean predicted mask area (% of image) | 25.0 | 1 |"), "{md}");
+    assert!(md.contains("| referring | mean target area (% of image) | 15.6 | 2 |"), "{md}");
     assert!(md.contains("| points | average accuracy of the best constant answer (%) | 75.0 | 3 |"), "{md}");
     assert!(md.contains("| vqa | accuracy, normalised (%) | 50.0 | 2 |"), "{md}");
     let tmp = tempfile::tempdir().unwrap();

@@ -44,6 +44,9 @@ pub struct MaskMetrics {
     pub missing: u64,
     iou_sum: f64,
     at_half: u64,
+    /// Sums of the share of the image each predicted mask (answered samples) and each target (all samples) covers.
+    pred_area_sum: f64,
+    gt_area_sum: f64,
 }
 
 impl MaskMetrics {
@@ -51,6 +54,10 @@ impl MaskMetrics {
     pub fn add(&mut self, pred: Option<&[bool]>, gt: &[bool]) -> Result<f64, SynthError> {
         let (i, u) = intersection_union(pred, gt)?;
         let iou = if u == 0 { 1.0 } else { i as f64 / u as f64 };
+        let share =
+            |m: &[bool]| if m.is_empty() { 0.0 } else { m.iter().filter(|&&v| v).count() as f64 / m.len() as f64 };
+        self.pred_area_sum += pred.map_or(0.0, share);
+        self.gt_area_sum += share(gt);
         self.intersection += i;
         self.union += u;
         self.samples += 1;
@@ -69,6 +76,15 @@ impl MaskMetrics {
     /// Share of samples with IoU >= 0.5.
     pub fn precision_at_half(&self) -> f64 {
         if self.samples == 0 { 0.0 } else { self.at_half as f64 / self.samples as f64 }
+    }
+    /// Mean share of the image a predicted mask covers, over the samples with a prediction (None without any).
+    pub fn mean_predicted_area(&self) -> Option<f64> {
+        let answered = self.samples - self.missing;
+        (answered > 0).then(|| self.pred_area_sum / answered as f64)
+    }
+    /// Mean share of the image a target mask covers (None before any sample).
+    pub fn mean_target_area(&self) -> Option<f64> {
+        (self.samples > 0).then(|| self.gt_area_sum / self.samples as f64)
     }
 }
 

@@ -24,7 +24,18 @@ fn mask_metrics_match_hand_computed_values() {
     let mut half = MaskMetrics::default();
     half.add(Some(&m("1100")), &m("1000")).unwrap();
     assert_eq!(half.precision_at_half(), 1.0);
+    // areas: the two predictions cover 2/4 each; the targets 2/4, 2/4 and 3/4 (the miss's target counts too)
+    assert!((mm.mean_predicted_area().unwrap() - 0.5).abs() < 1e-12);
+    assert!((mm.mean_target_area().unwrap() - (0.5 + 0.5 + 0.75) / 3.0).abs() < 1e-12);
     assert!(mm.add(Some(&m("11")), &m("111")).is_err(), "size mismatch is an error");
+    assert_eq!(mm.samples, 3, "a rejected sample is not counted");
+    assert!((mm.mean_target_area().unwrap() - (0.5 + 0.5 + 0.75) / 3.0).abs() < 1e-12);
+    // no samples, or misses only: no predicted area to average
+    let mut misses = MaskMetrics::default();
+    assert_eq!((misses.mean_predicted_area(), misses.mean_target_area()), (None, None));
+    misses.add(None, &m("1000")).unwrap();
+    assert_eq!(misses.mean_predicted_area(), None);
+    assert_eq!(misses.mean_target_area(), Some(0.25));
 }
 
 #[test]

@@ -87,6 +87,12 @@ pub struct ReferringScore {
     pub mean_iou: Option<f64>,
     /// Share of rows with IoU >= 0.5.
     pub precision_at_half: Option<f64>,
+    /// Mean share of the image the predicted masks cover (rows with a mask).
+    #[serde(default)]
+    pub mean_mask_area: Option<f64>,
+    /// Mean share of the image the target masks cover.
+    #[serde(default)]
+    pub mean_target_area: Option<f64>,
 }
 
 /// Accuracy at one number of marked points.
@@ -223,6 +229,9 @@ impl EvalTable {
         row("referring", "cIoU (answered only)", fmt_opt(r.ciou_answered, 1.0, 3), (r.samples - r.missing).to_string());
         row("referring", "mean IoU", fmt_opt(r.mean_iou, 1.0, 3), refer_rows.clone());
         row("referring", "IoU >= 0.5 (%)", fmt_opt(r.precision_at_half, 100.0, 1), refer_rows);
+        let answered = (r.samples - r.missing).to_string();
+        row("referring", "mean predicted mask area (% of image)", fmt_opt(r.mean_mask_area, 100.0, 1), answered);
+        row("referring", "mean target area (% of image)", fmt_opt(r.mean_target_area, 100.0, 1), r.samples.to_string());
         let p = &self.points;
         if p.by_points.is_empty() {
             row("points", "accuracy (%)", "-".into(), "0".into());
@@ -631,6 +640,8 @@ impl Scorer {
             ciou_answered: (self.answered.samples > 0).then(|| self.answered.ciou()),
             mean_iou: (masks.samples > 0).then(|| masks.mean_iou()),
             precision_at_half: (masks.samples > 0).then(|| masks.precision_at_half()),
+            mean_mask_area: masks.mean_predicted_area(),
+            mean_target_area: masks.mean_target_area(),
         };
         let by_points: Vec<PointsAccuracy> = self
             .points

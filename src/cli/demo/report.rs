@@ -257,6 +257,17 @@ impl Report {
                 100.0 * map
             );
         }
+        let r = &full.table.referring;
+        if let (Some(pred), Some(target), Some(half)) = (r.mean_mask_area, r.mean_target_area, r.precision_at_half) {
+            let _ = writeln!(
+                s,
+                "- Do the full model's masks pick out the named object? They cover {:.1}% of the image on average, \
+                 the named objects {:.1}%; {:.1}% of the questions get a mask with IoU >= 0.5.",
+                100.0 * pred,
+                100.0 * target,
+                100.0 * half
+            );
+        }
         let (fp, ap) = (&full.table.points, &abl.table.points);
         if let (Some(f_ans), Some(a_ans), Some(constant)) =
             (&fp.most_common_answer, &ap.most_common_answer, fp.constant_answer_average)
