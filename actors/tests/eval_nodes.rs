@@ -206,6 +206,25 @@ fn infer_answers_every_usable_row_and_score_counts_them() {
     assert_eq!((table.points.samples, table.points.with_depth_span), (count("points"), count("points")));
     assert_eq!((table.depth.samples, table.depth.missing), (count("depth"), 0));
     assert_eq!(table.vqa.samples, count("vqa"));
+    assert!(count("vqa") > 0, "the default world asks VQA questions");
+    {
+        // the constant baseline groups the questions by the rows' `kind` column: per kind, its most common truth
+        let (kinds, truths) = (strings(&answers, "kind"), strings(&answers, "answer"));
+        let mut groups: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        for r in (0..tasks.len()).filter(|&r| tasks[r] == "vqa") {
+            let truth = perceptio_synth::metrics::normalize_answer(&truths[r]);
+            *groups.entry((kinds[r].clone(), truth)).or_insert(0) += 1;
+        }
+        let mut best: std::collections::BTreeMap<&str, u64> = Default::default();
+        for ((kind, _), n) in &groups {
+            let b = best.entry(kind.as_str()).or_insert(0);
+            *b = (*b).max(*n);
+        }
+        let want = best.values().sum::<u64>() as f64 / count("vqa") as f64;
+        let got = table.vqa.constant_answer_accuracy.unwrap();
+        assert!((got - want).abs() < 1e-12, "constant baseline {got} vs {want}");
+        assert!((1..=count("vqa")).contains(&table.vqa.repeated_answers), "{}", table.vqa.repeated_answers);
+    }
     if count("depth") > 0 {
         let mse = table.depth_mse().unwrap();
         assert!(mse.is_finite() && (0.0..=4.0).contains(&mse), "{mse}");
@@ -378,6 +397,9 @@ fn score_gives_the_hand_computed_numbers() {
 
     assert_eq!((t.vqa.samples, t.vqa.exact, t.vqa.normalized), (2, 0, 1));
     assert!((t.vqa_accuracy().unwrap() - 0.5).abs() < 1e-12);
+    // no `kind` column: one group; truths 2 and blue -> a constant answer gets one of two; answers 2 and red
+    assert!((t.vqa.constant_answer_accuracy.unwrap() - 0.5).abs() < 1e-12);
+    assert_eq!(t.vqa.repeated_answers, 1);
 
     let md = t.markdown();
     assert!(md.contains("| referring | cIoU (misses count) | 0.800 | 2 (1 without [SEG]) |"), "{md}");
@@ -385,6 +407,8 @@ fn score_gives_the_hand_computed_numbers() {
     assert!(md.contains("| points | most common answer | (B) for 2 | 3 |"), "{md}");
     assert!(md.contains("| referring | mean predicted mask area (% of image) | 25.0 | 1 |"), "{md}");
     assert!(md.contains("| referring | mean target area (% of image) | 15.6 | 2 |"), "{md}");
+    assert!(md.contains("| vqa | accuracy of the best constant answer per question kind (%) | 50.0 | 2 |"), "{md}");
+    assert!(md.contains("| vqa | answers repeating the model's most common one for their kind | 1 | 2 |"), "{md}");
     assert!(md.contains("| points | average accuracy of the best constant answer (%) | 75.0 | 3 |"), "{md}");
     assert!(md.contains("| vqa | accuracy, normalised (%) | 50.0 | 2 |"), "{md}");
     let tmp = tempfile::tempdir().unwrap();

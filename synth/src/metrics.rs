@@ -204,16 +204,37 @@ pub struct AnswerMetrics {
     pub exact: u64,
     pub normalized: u64,
     pub total: u64,
+    /// Question kind -> normalised true answer -> questions.
+    pub truths: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Question kind -> normalised answer given (None: no answer) -> questions.
+    pub answered: BTreeMap<String, BTreeMap<Option<String>, u64>>,
 }
 
 impl AnswerMetrics {
     /// Add one answer (None = no answer, wrong under both measures).
     pub fn add(&mut self, pred: Option<&str>, truth: &str) {
+        self.add_of_kind("", pred, truth);
+    }
+    /// Add one answer to a question of `kind` (colour, shape, count, ...; the kinds only group the answers).
+    pub fn add_of_kind(&mut self, kind: &str, pred: Option<&str>, truth: &str) {
         self.total += 1;
         if let Some(p) = pred {
             self.exact += u64::from(p.trim() == truth.trim());
             self.normalized += u64::from(normalize_answer(p) == normalize_answer(truth));
         }
+        *self.truths.entry(kind.to_string()).or_default().entry(normalize_answer(truth)).or_insert(0) += 1;
+        *self.answered.entry(kind.to_string()).or_default().entry(pred.map(normalize_answer)).or_insert(0) += 1;
+    }
+    /// The normalised accuracy of the best answers that ignore the image: per question kind, the true answer
+    /// most common among these questions, always given. None before any question.
+    pub fn constant_answer_accuracy(&self) -> Option<f64> {
+        let best: u64 = self.truths.values().map(|t| t.values().max().copied().unwrap_or(0)).sum();
+        (self.total > 0).then(|| best as f64 / self.total as f64)
+    }
+    /// How many answers repeat the answer given most often to their question kind: `total` when every kind
+    /// always gets the same answer.
+    pub fn repeated_answers(&self) -> u64 {
+        self.answered.values().map(|a| a.values().max().copied().unwrap_or(0)).sum()
     }
     pub fn exact_accuracy(&self) -> f64 {
         if self.total == 0 { 0.0 } else { self.exact as f64 / self.total as f64 }

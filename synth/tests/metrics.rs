@@ -63,6 +63,25 @@ fn point_accuracy_per_count_and_average() {
 }
 
 #[test]
+fn answer_kinds_give_the_constant_baseline_and_the_repeats() {
+    let mut am = AnswerMetrics::default();
+    assert_eq!(am.constant_answer_accuracy(), None);
+    assert_eq!(am.repeated_answers(), 0);
+    // closer: truths yes, yes, no; the model says "Yes." every time (normalised: yes)
+    for t in ["yes", "yes", "no"] {
+        am.add_of_kind("closer", Some("Yes."), t);
+    }
+    // count: truths 1, 2; answers "one" (normalised: 1) and "3"
+    am.add_of_kind("count", Some("one"), "1");
+    am.add_of_kind("count", Some("3"), "2");
+    assert_eq!((am.normalized, am.total), (3, 5));
+    // best constants: yes (2 of 3) and a count (1 of 2)
+    assert!((am.constant_answer_accuracy().unwrap() - 3.0 / 5.0).abs() < 1e-12);
+    // repeats: yes 3 times; each count answer once
+    assert_eq!(am.repeated_answers(), 4);
+}
+
+#[test]
 fn a_constant_answer_scores_the_constant_baseline() {
     let mut pm = PointMetrics::default();
     assert_eq!(pm.most_common_answer(), None);
@@ -100,6 +119,10 @@ fn answer_accuracy_exact_and_normalised() {
     am.add(None, "yes");
     assert_eq!((am.exact, am.normalized, am.total), (1, 3, 5));
     assert!((am.exact_accuracy() - 0.2).abs() < 1e-12);
+    // without kinds every question is of one kind: the best constant answer is "red" (3 of the 5 truths)
+    assert!((am.constant_answer_accuracy().unwrap() - 0.6).abs() < 1e-12);
+    // answers given: red, red, 2, blue, none -> "red" twice
+    assert_eq!(am.repeated_answers(), 2);
     assert!((am.normalized_accuracy() - 0.6).abs() < 1e-12);
 }
 

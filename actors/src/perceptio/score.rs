@@ -163,6 +163,13 @@ pub struct VqaScore {
     /// Normalised-answer accuracy (the headline).
     pub accuracy: Option<f64>,
     pub exact_accuracy: Option<f64>,
+    /// The accuracy of the best answers that ignore the image: per question kind (the rows' `kind` column), the
+    /// most common true answer, always given.
+    #[serde(default)]
+    pub constant_answer_accuracy: Option<f64>,
+    /// Answers that repeat the answer the model gave most often to their question kind.
+    #[serde(default)]
+    pub repeated_answers: u64,
 }
 
 /// The evaluation results of one model on one dataset, per task.
@@ -277,6 +284,16 @@ impl EvalTable {
         let v = &self.vqa;
         row("vqa", "accuracy, normalised (%)", fmt_opt(v.accuracy, 100.0, 1), v.samples.to_string());
         row("vqa", "accuracy, exact match (%)", fmt_opt(v.exact_accuracy, 100.0, 1), v.samples.to_string());
+        if v.samples > 0 {
+            let constant = fmt_opt(v.constant_answer_accuracy, 100.0, 1);
+            row("vqa", "accuracy of the best constant answer per question kind (%)", constant, v.samples.to_string());
+            row(
+                "vqa",
+                "answers repeating the model's most common one for their kind",
+                v.repeated_answers.to_string(),
+                v.samples.to_string(),
+            );
+        }
         s
     }
 
@@ -563,7 +580,12 @@ impl Scorer {
             "depth" => self.add_depth(batch, r)?,
             "vqa" => {
                 let truth = text(batch, "answer", r)?.ok_or("answer is null")?;
-                self.vqa.add(Some(generated), truth);
+                // datasets without a `kind` column put every question in one group
+                let kind = match batch.column_by_name("kind") {
+                    Some(_) => text(batch, "kind", r)?.unwrap_or(""),
+                    None => "",
+                };
+                self.vqa.add_of_kind(kind, Some(generated), truth);
             }
             other => return Err(format!("unknown task `{other}` (expected referring, points, depth or vqa)")),
         }
@@ -686,6 +708,8 @@ impl Scorer {
             normalized: v.normalized,
             accuracy: ratio(v.normalized, v.total),
             exact_accuracy: ratio(v.exact, v.total),
+            constant_answer_accuracy: v.constant_answer_accuracy(),
+            repeated_answers: v.repeated_answers(),
         };
         EvalTable { rows: self.rows, referring, points, depth, vqa }
     }

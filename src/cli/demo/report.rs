@@ -285,6 +285,22 @@ impl Report {
                 100.0 * constant
             );
         }
+        let (fv, av) = (&full.table.vqa, &abl.table.vqa);
+        if let (Some(f_acc), Some(a_acc), Some(constant)) = (fv.accuracy, av.accuracy, fv.constant_answer_accuracy) {
+            let _ = writeln!(
+                s,
+                "- Do the VQA answers depend on the image? The full model scores {:.1}%, the no-depth-tokens model \
+                 {:.1}%; always giving each question kind (colour, shape, count, closer) its most common true answer \
+                 would score {:.1}%. {} of the full model's {} answers, and {} of the other's, repeat the answer \
+                 each model gives most often to their kind.",
+                100.0 * f_acc,
+                100.0 * a_acc,
+                100.0 * constant,
+                fv.repeated_answers,
+                fv.samples,
+                av.repeated_answers,
+            );
+        }
         let d = &full.table.depth;
         if let (Some(mse), Some(blind), Some(spread)) = (d.mse, d.blind_mse, d.prediction_spread) {
             let verdict = if mse < blind {
