@@ -224,6 +224,7 @@ fn infer_answers_every_usable_row_and_score_counts_them() {
         let got = table.vqa.constant_answer_accuracy.unwrap();
         assert!((got - want).abs() < 1e-12, "constant baseline {got} vs {want}");
         assert!((1..=count("vqa")).contains(&table.vqa.repeated_answers), "{}", table.vqa.repeated_answers);
+        assert_eq!(table.vqa.kinds, best.keys().map(|k| k.to_string()).collect::<Vec<_>>());
     }
     if count("depth") > 0 {
         let mse = table.depth_mse().unwrap();
@@ -400,6 +401,7 @@ fn score_gives_the_hand_computed_numbers() {
     // no `kind` column: one group; truths 2 and blue -> a constant answer gets one of two; answers 2 and red
     assert!((t.vqa.constant_answer_accuracy.unwrap() - 0.5).abs() < 1e-12);
     assert_eq!(t.vqa.repeated_answers, 1);
+    assert!(t.vqa.kinds.is_empty(), "{:?}", t.vqa.kinds);
 
     let md = t.markdown();
     assert!(md.contains("| referring | cIoU (misses count) | 0.800 | 2 (1 without [SEG]) |"), "{md}");

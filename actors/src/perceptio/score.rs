@@ -170,6 +170,9 @@ pub struct VqaScore {
     /// Answers that repeat the answer the model gave most often to their question kind.
     #[serde(default)]
     pub repeated_answers: u64,
+    /// The question kinds seen, in order (empty when the rows have no `kind`).
+    #[serde(default)]
+    pub kinds: Vec<String>,
 }
 
 /// The evaluation results of one model on one dataset, per task.
@@ -710,6 +713,7 @@ impl Scorer {
             exact_accuracy: ratio(v.exact, v.total),
             constant_answer_accuracy: v.constant_answer_accuracy(),
             repeated_answers: v.repeated_answers(),
+            kinds: v.truths.keys().filter(|k| !k.is_empty()).cloned().collect(),
         };
         EvalTable { rows: self.rows, referring, points, depth, vqa }
     }

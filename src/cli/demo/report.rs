@@ -287,12 +287,13 @@ impl Report {
         }
         let (fv, av) = (&full.table.vqa, &abl.table.vqa);
         if let (Some(f_acc), Some(a_acc), Some(constant)) = (fv.accuracy, av.accuracy, fv.constant_answer_accuracy) {
+            let kinds = if fv.kinds.is_empty() { "one kind".to_string() } else { fv.kinds.join(", ") };
             let _ = writeln!(
                 s,
                 "- Do the VQA answers depend on the image? The full model scores {:.1}%, the no-depth-tokens model \
-                 {:.1}%; always giving each question kind (colour, shape, count, closer) its most common true answer \
-                 would score {:.1}%. {} of the full model's {} answers, and {} of the other's, repeat the answer \
-                 each model gives most often to their kind.",
+                 {:.1}%; always giving each question kind ({kinds}) its most common true answer would score \
+                 {:.1}%. {} of the full model's {} answers, and {} of the other's, repeat the answer each model \
+                 gives most often to their kind.",
                 100.0 * f_acc,
                 100.0 * a_acc,
                 100.0 * constant,
