@@ -54,10 +54,13 @@ impl MaskMetrics {
     pub fn add(&mut self, pred: Option<&[bool]>, gt: &[bool]) -> Result<f64, SynthError> {
         let (i, u) = intersection_union(pred, gt)?;
         let iou = if u == 0 { 1.0 } else { i as f64 / u as f64 };
-        let share =
-            |m: &[bool]| if m.is_empty() { 0.0 } else { m.iter().filter(|&&v| v).count() as f64 / m.len() as f64 };
-        self.pred_area_sum += pred.map_or(0.0, share);
-        self.gt_area_sum += share(gt);
+        if !gt.is_empty() {
+            let target = gt.iter().filter(|&&g| g).count() as u64;
+            // |pred| = |pred or gt| + |pred and gt| - |gt|, so the prediction needs no second pass
+            let predicted = if pred.is_some() { u + i - target } else { 0 };
+            self.pred_area_sum += predicted as f64 / gt.len() as f64;
+            self.gt_area_sum += target as f64 / gt.len() as f64;
+        }
         self.intersection += i;
         self.union += u;
         self.samples += 1;
@@ -99,6 +102,11 @@ pub fn extract_choice(text: &str) -> Option<char> {
     text.split(|c: char| !c.is_ascii_alphanumeric())
         .find(|t| t.len() == 1 && ('A'..='E').contains(&t.chars().next().unwrap_or(' ')))
         .and_then(|t| t.chars().next())
+}
+
+/// The largest count in a histogram (0 when it is empty).
+fn largest<K>(counts: &BTreeMap<K, u64>) -> u64 {
+    counts.values().max().copied().unwrap_or(0)
 }
 
 /// Point-question accuracy per number of points, and how the answers and the truths spread over the letters.
@@ -144,7 +152,7 @@ impl PointMetrics {
             .iter()
             .filter(|(_, (_, total))| *total > 0)
             .map(|(n, (_, total))| {
-                let best = self.truths.get(n).and_then(|t| t.values().max().copied()).unwrap_or(0);
+                let best = self.truths.get(n).map_or(0, largest);
                 best as f64 / *total as f64
             })
             .collect();
@@ -228,13 +236,13 @@ impl AnswerMetrics {
     /// The normalised accuracy of the best answers that ignore the image: per question kind, the true answer
     /// most common among these questions, always given. None before any question.
     pub fn constant_answer_accuracy(&self) -> Option<f64> {
-        let best: u64 = self.truths.values().map(|t| t.values().max().copied().unwrap_or(0)).sum();
+        let best: u64 = self.truths.values().map(largest).sum();
         (self.total > 0).then(|| best as f64 / self.total as f64)
     }
     /// How many answers repeat the answer given most often to their question kind: `total` when every kind
     /// always gets the same answer.
     pub fn repeated_answers(&self) -> u64 {
-        self.answered.values().map(|a| a.values().max().copied().unwrap_or(0)).sum()
+        self.answered.values().map(largest).sum()
     }
     pub fn exact_accuracy(&self) -> f64 {
         if self.total == 0 { 0.0 } else { self.exact as f64 / self.total as f64 }

@@ -679,17 +679,18 @@ impl Scorer {
                 accuracy: ratio(correct, total).unwrap_or(0.0),
             })
             .collect();
+        let most_common = self.points.most_common_answer();
         let points = PointsScore {
             samples: by_points.iter().map(|p| p.total).sum(),
             with_depth_span: self.points_with_span,
             average: self.points.average(),
             with_depth_map: self.points_with_map,
             from_depth_map: self.points_from_map.average(),
-            most_common_answer: self.points.most_common_answer().map(|(c, _)| match c {
+            most_common_answer: most_common.map(|(c, _)| match c {
                 Some(c) => format!("({c})"),
                 None => "no letter".to_string(),
             }),
-            most_common_count: self.points.most_common_answer().map_or(0, |(_, n)| n),
+            most_common_count: most_common.map_or(0, |(_, n)| n),
             constant_answer_average: self.points.constant_answer_average(),
             by_points,
         };
