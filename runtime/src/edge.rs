@@ -220,8 +220,13 @@ mod tests {
                 tx.send(Message::Data(Frame::empty(2))).unwrap();
             }
         });
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(gauge.stats().rows_in_flight, 4, "two frames of two rows fill the edge, the third waits");
+        // two frames of two rows fill the edge; wait for them (a busy machine may start the producer late)
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while gauge.stats().rows_in_flight < 4 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(gauge.stats().rows_in_flight, 4, "the edge is full and the third frame waits");
         let mut got = 0;
         while got < 20 {
             if let Some(m) = rx.recv_timeout(Duration::from_secs(5)).unwrap() {
