@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cli::{
-    ask, dataflow, demo, depth, eval, generate, init_model, pretrain_image, pretrain_markers, pretrain_sam2, segment,
-    synth, train_vqvae,
+    ask, dataflow, demo, depth, eval, generate, init_model, pretrain_appearance, pretrain_image, pretrain_markers,
+    pretrain_sam2, segment, synth, train_vqvae,
 };
 
 /// perceptio trains and serves perception-enhanced vision-language models as a backpressured actor dataflow.
@@ -46,6 +46,9 @@ enum Command {
     InitModel(init_model::InitModelArgs),
     /// Pretrain a model directory's image encoder (InternViT + projector) on a dataset's depth maps.
     PretrainImage(pretrain_image::PretrainImageArgs),
+    /// Teach a model directory's image encoder the shapes and colours of the synthetic world's objects (fresh
+    /// scenes every step).
+    PretrainAppearance(pretrain_appearance::PretrainAppearanceArgs),
     /// Teach a model directory's image encoder to read point-marker letters (drawn on a dataset's scenes).
     PretrainMarkers(pretrain_markers::PretrainMarkersArgs),
     /// Pretrain a model directory's SAM2 on a dataset's masks (point prompts) before Perceptio training.
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::TrainVqvae(args) => train_vqvae::run(args).map(|_| ()),
         Command::InitModel(args) => init_model::run(args),
         Command::PretrainImage(args) => pretrain_image::run(args),
+        Command::PretrainAppearance(args) => pretrain_appearance::run(args),
         Command::PretrainMarkers(args) => pretrain_markers::run(args),
         Command::PretrainSam2(args) => pretrain_sam2::run(args),
         Command::Eval(args) => tokio_main(eval::run(args)),

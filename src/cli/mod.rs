@@ -7,6 +7,7 @@ pub mod depth;
 pub mod eval;
 pub mod generate;
 pub mod init_model;
+pub mod pretrain_appearance;
 pub mod pretrain_image;
 pub mod pretrain_markers;
 pub mod pretrain_sam2;

@@ -216,6 +216,22 @@ pub struct AnswerMetrics {
     pub truths: BTreeMap<String, BTreeMap<String, u64>>,
     /// Question kind -> normalised answer given (None: no answer) -> questions.
     pub answered: BTreeMap<String, BTreeMap<Option<String>, u64>>,
+    /// Question kind -> questions answered right (normalised).
+    pub right: BTreeMap<String, u64>,
+}
+
+/// The answers to one kind of question.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KindAnswers {
+    pub kind: String,
+    pub questions: u64,
+    /// Answered right (normalised).
+    pub right: u64,
+    /// Questions whose true answer is the commonest one of the kind: what always giving it scores.
+    pub constant_right: u64,
+    /// The answer given most often (None: no answer; ties: the first in order) and how often.
+    pub most_common: Option<String>,
+    pub most_common_count: u64,
 }
 
 impl AnswerMetrics {
@@ -228,7 +244,9 @@ impl AnswerMetrics {
         self.total += 1;
         if let Some(p) = pred {
             self.exact += u64::from(p.trim() == truth.trim());
-            self.normalized += u64::from(normalize_answer(p) == normalize_answer(truth));
+            let right = normalize_answer(p) == normalize_answer(truth);
+            self.normalized += u64::from(right);
+            *self.right.entry(kind.to_string()).or_insert(0) += u64::from(right);
         }
         *self.truths.entry(kind.to_string()).or_default().entry(normalize_answer(truth)).or_insert(0) += 1;
         *self.answered.entry(kind.to_string()).or_default().entry(pred.map(normalize_answer)).or_insert(0) += 1;
@@ -243,6 +261,32 @@ impl AnswerMetrics {
     /// always gets the same answer.
     pub fn repeated_answers(&self) -> u64 {
         self.answered.values().map(largest).sum()
+    }
+    /// Per question kind (in order): questions, right answers, the constant answer's score and the commonest
+    /// answer given.
+    pub fn by_kind(&self) -> Vec<KindAnswers> {
+        self.truths
+            .iter()
+            .map(|(kind, truths)| {
+                let answered = self.answered.get(kind);
+                let most = answered.and_then(|a| {
+                    a.iter().fold(
+                        None,
+                        |best: Option<(&Option<String>, u64)>, (k, &n)| {
+                            if best.is_none_or(|(_, m)| n > m) { Some((k, n)) } else { best }
+                        },
+                    )
+                });
+                KindAnswers {
+                    kind: kind.clone(),
+                    questions: truths.values().sum(),
+                    right: self.right.get(kind).copied().unwrap_or(0),
+                    constant_right: largest(truths),
+                    most_common: most.and_then(|(k, _)| k.clone()),
+                    most_common_count: most.map_or(0, |(_, n)| n),
+                }
+            })
+            .collect()
     }
     pub fn exact_accuracy(&self) -> f64 {
         if self.total == 0 { 0.0 } else { self.exact as f64 / self.total as f64 }

@@ -79,6 +79,20 @@ fn answer_kinds_give_the_constant_baseline_and_the_repeats() {
     assert!((am.constant_answer_accuracy().unwrap() - 3.0 / 5.0).abs() < 1e-12);
     // repeats: yes 3 times; each count answer once
     assert_eq!(am.repeated_answers(), 4);
+    // per kind, in order: closer 2 of 3 right, "yes" 3 times; count 1 of 2 right, answers 1 and 3 once each (the
+    // tie goes to the first in order, "1")
+    let kinds = am.by_kind();
+    fn row(k: &KindAnswers) -> (&str, u64, u64, u64, Option<String>) {
+        (k.kind.as_str(), k.questions, k.right, k.constant_right, k.most_common.clone())
+    }
+    assert_eq!(row(&kinds[0]), ("closer", 3, 2, 2, Some("yes".to_string())));
+    assert_eq!(kinds[0].most_common_count, 3);
+    assert_eq!(row(&kinds[1]), ("count", 2, 1, 1, Some("1".to_string())));
+    assert_eq!((kinds.len(), kinds[1].most_common_count), (2, 1));
+    // an unanswered question counts as asked, not right, and "no answer" can be the commonest answer
+    am.add_of_kind("shape", None, "cube");
+    let shape = am.by_kind().pop().unwrap();
+    assert_eq!((shape.questions, shape.right, shape.most_common, shape.most_common_count), (1, 0, None, 1));
 }
 
 #[test]

@@ -173,6 +173,23 @@ pub struct VqaScore {
     /// The question kinds seen, in order (empty when the rows have no `kind`).
     #[serde(default)]
     pub kinds: Vec<String>,
+    /// Per question kind, in the order of `kinds`.
+    #[serde(default)]
+    pub by_kind: Vec<VqaKindScore>,
+}
+
+/// The answers to one kind of VQA question.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VqaKindScore {
+    pub kind: String,
+    pub samples: u64,
+    /// Normalised-answer accuracy.
+    pub accuracy: Option<f64>,
+    /// What always giving the kind's commonest true answer scores.
+    pub constant_answer_accuracy: Option<f64>,
+    /// The answer the model gave most often (None: no answer) and how often.
+    pub most_common_answer: Option<String>,
+    pub most_common_count: u64,
 }
 
 /// The evaluation results of one model on one dataset, per task.
@@ -295,6 +312,15 @@ impl EvalTable {
                 "answers repeating the model's most common one for their kind",
                 v.repeated_answers.to_string(),
                 v.samples.to_string(),
+            );
+        }
+        for k in &v.by_kind {
+            let answer = k.most_common_answer.as_deref().map_or("no answer".to_string(), |a| format!("\"{a}\""));
+            row(
+                "vqa",
+                &format!("`{}` questions: accuracy (constant answer) (%)", k.kind),
+                format!("{} ({})", fmt_opt(k.accuracy, 100.0, 1), fmt_opt(k.constant_answer_accuracy, 100.0, 1)),
+                format!("{} ({answer} for {})", k.samples, k.most_common_count),
             );
         }
         s
@@ -715,6 +741,19 @@ impl Scorer {
             constant_answer_accuracy: v.constant_answer_accuracy(),
             repeated_answers: v.repeated_answers(),
             kinds: v.truths.keys().filter(|k| !k.is_empty()).cloned().collect(),
+            by_kind: v
+                .by_kind()
+                .into_iter()
+                .filter(|k| !k.kind.is_empty())
+                .map(|k| VqaKindScore {
+                    accuracy: ratio(k.right, k.questions),
+                    constant_answer_accuracy: ratio(k.constant_right, k.questions),
+                    samples: k.questions,
+                    most_common_answer: k.most_common,
+                    most_common_count: k.most_common_count,
+                    kind: k.kind,
+                })
+                .collect(),
         };
         EvalTable { rows: self.rows, referring, points, depth, vqa }
     }

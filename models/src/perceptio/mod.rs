@@ -15,6 +15,7 @@
 //! - `checkpoint`: the model directory (config, tokenizer, one weights file per part).
 //! - `step`: one training step of the whole model as a single function.
 
+pub mod appearance_pretrain;
 pub mod checkpoint;
 pub mod decode;
 pub mod heads;

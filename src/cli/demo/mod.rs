@@ -22,8 +22,10 @@ use perceptio_models::perceptio::PerceptioConfig;
 use perceptio_synth::SynthConfig;
 
 use super::eval::evaluate;
+use super::pretrain_appearance::{self, AppearanceTraining};
 use super::pretrain_sam2;
 use super::train_vqvae::{self, TrainVqvaeArgs};
+use perceptio_models::perceptio::image_pretrain::ImagePretrainConfig;
 use perceptio_models::sam2::pretrain::Sam2PretrainConfig;
 use report::{Report, RunResult, SegmenterResult};
 
@@ -45,6 +47,10 @@ pub struct DemoArgs {
     /// Depth-tokenizer training steps (default 400, or 60 with --quick).
     #[arg(long)]
     pub vqvae_steps: Option<usize>,
+    /// Image-encoder pretraining steps on the shapes and colours of fresh scenes' objects, before Perceptio
+    /// training, shared by both models (default 0: off; see docs/points.md, section 6).
+    #[arg(long)]
+    pub appearance_steps: Option<usize>,
     /// Segmenter (SAM2) pretraining steps on the world's masks before Perceptio training (default 300, or 20
     /// with --quick; 0 skips the stage).
     #[arg(long)]
@@ -75,6 +81,7 @@ pub struct DemoArgs {
 pub struct Plan {
     pub scenes: usize,
     pub vqvae_steps: usize,
+    pub appearance_steps: usize,
     pub sam2_steps: usize,
     pub depth_steps: usize,
     pub steps: usize,
@@ -88,6 +95,7 @@ impl DemoArgs {
         Plan {
             scenes: self.scenes.unwrap_or(if q { 120 } else { 600 }),
             vqvae_steps: self.vqvae_steps.unwrap_or(if q { 60 } else { 400 }),
+            appearance_steps: self.appearance_steps.unwrap_or(0),
             sam2_steps: self.sam2_steps.unwrap_or(if q { 20 } else { 300 }),
             depth_steps: self.depth_steps.unwrap_or(if q { 10 } else { 300 }),
             steps: self.steps.unwrap_or(if q { 30 } else { 250 }),
@@ -237,7 +245,30 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let (model_cfg, _) = init_tiny_model_with(&texts, &vqvae, &init, args.seed, &demo_layout)?;
     report.model = Some(model_cfg);
 
-    // 5. The segmenter: SAM2 pretrained on the training split's masks with point prompts, so that the image encoder
+    // 5. The image encoder, pretrained on the objects of fresh scenes (both models start from it).
+    if plan.appearance_steps > 0 {
+        let t = Instant::now();
+        println!("image encoder: {} steps on object shapes and colours", plan.appearance_steps);
+        let pcfg = ImagePretrainConfig::new().with_steps(plan.appearance_steps).with_lr(3e-3);
+        let how = AppearanceTraining {
+            object_weight: 4.0,
+            size: cfg.size,
+            scene: cfg.scene.clone(),
+            val_scenes: if args.quick { 32 } else { 128 },
+            seed: args.seed,
+            fresh: false,
+        };
+        let dir = init.clone();
+        let summary =
+            tokio::task::spawn_blocking(move || pretrain_appearance::pretrain_with(&dir, &pcfg, &how)).await??;
+        if let Some(a) = &summary.after {
+            println!("image encoder: held-out {}", pretrain_appearance::accuracy_line(a));
+        }
+        report.appearance = Some(summary);
+        report.stage("image encoder", secs(t));
+    }
+
+    // 6. The segmenter: SAM2 pretrained on the training split's masks with point prompts, so that the image encoder
     //    Perceptio training keeps frozen gives the mask decoder learned features.
     if plan.sam2_steps > 0 {
         let t = Instant::now();
@@ -271,7 +302,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         report.stage("segmenter", secs(t));
     }
 
-    // 6. Train twice: the full model (depth questions alone, then the mixture, then referring questions with the
+    // 7. Train twice: the full model (depth questions alone, then the mixture, then referring questions with the
     //    rest rehearsed) and the no-depth-tokens ablation (the mixture, which for it has no depth questions, and the
     //    referring stage, for the same numbers of steps).
     let test_glob = codes.join("test-*.parquet").display().to_string();
@@ -334,7 +365,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         });
     }
 
-    // 7. Pictures and the report.
+    // 8. Pictures and the report.
     let t = Instant::now();
     let docs = out.join("report");
     std::fs::create_dir_all(&docs).with_context(|| format!("creating {}", docs.display()))?;

@@ -18,6 +18,7 @@ use perceptio_synth::pictures::write_png;
 use super::Plan;
 use super::plot::{Series, line_plot, smooth};
 use super::samples::SampleLine;
+use crate::cli::pretrain_appearance::{AppearanceSummary, accuracy_line};
 use crate::cli::pretrain_sam2::{PointIou, PretrainSummary};
 
 /// Per-micro-batch loss terms of one training run (`None` where a batch had no such term).
@@ -113,6 +114,8 @@ pub struct Report {
     pub dataset: Vec<(String, PathBuf, u64, u64)>,
     pub vqvae: Option<ValMetrics>,
     pub segmenter: Option<SegmenterResult>,
+    /// The image-encoder stage on fresh scenes' objects, when it ran.
+    pub appearance: Option<AppearanceSummary>,
     pub model: Option<PerceptioConfig>,
     pub runs: Vec<RunResult>,
     pub curves_png: Option<PathBuf>,
@@ -146,6 +149,7 @@ impl Report {
             dataset: Vec::new(),
             vqvae: None,
             segmenter: None,
+            appearance: None,
             model: None,
             runs: Vec::new(),
             curves_png: None,
@@ -326,13 +330,26 @@ impl Report {
         let p = &self.plan;
         let _ = writeln!(
             s,
-            "Command: `perceptio demo{}` (seed {}): {} scenes, depth tokenizer {} steps, segmenter {} steps, \
+            "Command: `perceptio demo{}` (seed {}): {} scenes, depth tokenizer {} steps,{} segmenter {} steps, \
              Perceptio {} steps on the task mixture per model (the full model after {} steps on depth questions \
              alone){}, {} test rows per evaluation. {:.0} s in total on this machine.\n",
-            if self.quick { " --quick" } else { "" },
+            format!(
+                "{}{}",
+                if self.quick { " --quick" } else { "" },
+                if p.appearance_steps > 0 {
+                    format!(" --appearance-steps {}", p.appearance_steps)
+                } else {
+                    String::new()
+                }
+            ),
             self.seed,
             p.scenes,
             p.vqvae_steps,
+            if p.appearance_steps > 0 {
+                format!(" image encoder {} steps on objects' shapes and colours,", p.appearance_steps)
+            } else {
+                String::new()
+            },
             p.sam2_steps,
             p.steps,
             p.depth_steps,
@@ -417,6 +434,20 @@ impl Report {
                      (if spatially faithful) features"
                 }
             );
+        }
+        if let Some(a) = &self.appearance {
+            let _ = writeln!(s, "## Image encoder (`perceptio pretrain-appearance`)\n");
+            let _ = writeln!(
+                s,
+                "The InternViT and projector of the initial model, trained for {} steps ({:.0} s) to say, for each \
+                 image token, the shape and colour of the object under it, on fresh scenes of the same world drawn \
+                 every step; both models start from it. Loss {:.3} -> {:.3} (means of the first and last {} steps).\n",
+                p.appearance_steps, a.secs, a.first_loss, a.last_loss, a.window
+            );
+            if let (Some(b), Some(after)) = (&a.before, &a.after) {
+                let _ = writeln!(s, "- held-out scenes, before: {}", accuracy_line(b));
+                let _ = writeln!(s, "- held-out scenes, after: {}\n", accuracy_line(after));
+            }
         }
         if let Some(g) = &self.segmenter {
             let _ = writeln!(s, "## Segmenter (`perceptio pretrain-sam2`)\n");

@@ -1,0 +1,308 @@
+//! `perceptio pretrain-appearance`: pretrains the image encoder part (InternViT + projector) of a Perceptio model
+//! directory to see the synthetic world's objects: each image token says, through throw-away linear heads, the
+//! shape and colour of the object covering its patch. Every batch is fresh scenes drawn and ray-traced on the
+//! spot (the synth world's scene distribution, no dataset needed), so nothing can be memorised; held-out scenes
+//! come from a separate random stream. Writes `image.safetensors` back atomically. Measurements: docs/points.md,
+//! section 6.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::module::Module;
+use burn::tensor::Device;
+use perceptio_models::perceptio::appearance_pretrain::{
+    AppearanceAccuracy, AppearanceBatch, EncoderWithAppearanceHeads, TokenAppearanceHeads, appearance_accuracy,
+    pretrain_appearance,
+};
+use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config, save_part};
+use perceptio_models::perceptio::image::{encoder_input, planar_from_rgb8};
+use perceptio_models::perceptio::image_pretrain::{ImagePretrainConfig, token_grid};
+use perceptio_synth::SceneConfig;
+use perceptio_synth::render::render;
+use perceptio_synth::scene::{Colour, Scene, Shape, sample_scene};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::rows::{StepProgress, first_and_last_means};
+
+/// Shape classes: none, then [`Shape::ALL`] in order.
+pub const SHAPE_CLASSES: usize = Shape::ALL.len() + 1;
+/// Colour classes: none, then [`Colour::ALL`] in order.
+pub const COLOUR_CLASSES: usize = Colour::ALL.len() + 1;
+
+/// Arguments of `perceptio pretrain-appearance`.
+#[derive(clap::Args, Debug)]
+pub struct PretrainAppearanceArgs {
+    /// Perceptio model directory (perceptio.json, image.safetensors, ...); image.safetensors is replaced.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Optimiser steps, each on `batch_size` fresh scenes.
+    #[arg(long, default_value_t = 400)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Loss weight of a token on an object against a token on the ground.
+    #[arg(long, default_value_t = 4.0)]
+    pub object_weight: f32,
+    /// Side of the rendered images in pixels (the demo world's is 128).
+    #[arg(long, default_value_t = 128)]
+    pub size: u32,
+    /// Held-out scenes to measure on after training (0: none).
+    #[arg(long, default_value_t = 128)]
+    pub val_scenes: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Start from freshly initialised encoder weights (the config's shapes) instead of image.safetensors: to try
+    /// another encoder size written into perceptio.json.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+/// What an appearance pretraining run reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppearanceSummary {
+    /// Mean loss of the first and last `window` steps.
+    pub first_loss: f64,
+    pub last_loss: f64,
+    pub window: usize,
+    pub secs: f64,
+    /// Held-out token accuracy before and after (None without held-out scenes).
+    pub before: Option<AppearanceAccuracy>,
+    pub after: Option<AppearanceAccuracy>,
+}
+
+/// How a run trains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppearanceTraining {
+    pub object_weight: f32,
+    /// Side of the rendered images.
+    pub size: u32,
+    /// The scenes drawn (the world's camera ranges and object counts).
+    pub scene: SceneConfig,
+    pub val_scenes: usize,
+    pub seed: u64,
+    /// Start from fresh encoder weights instead of the directory's.
+    pub fresh: bool,
+}
+
+/// Runs `perceptio pretrain-appearance`.
+pub fn run(args: &PretrainAppearanceArgs) -> anyhow::Result<()> {
+    let cfg = ImagePretrainConfig::new().with_steps(args.steps).with_batch_size(args.batch_size).with_lr(args.lr);
+    let how = AppearanceTraining {
+        object_weight: args.object_weight,
+        size: args.size,
+        scene: SceneConfig::default(),
+        val_scenes: args.val_scenes,
+        seed: args.seed,
+        fresh: args.fresh,
+    };
+    let s = pretrain_with(&args.model, &cfg, &how)?;
+    println!(
+        "pretrained the image encoder on object shapes and colours ({} steps on {} fresh scenes, {:.1}s): loss \
+         {:.4} -> {:.4} (means of the first/last {} steps); wrote {}",
+        args.steps,
+        args.steps * args.batch_size,
+        s.secs,
+        s.first_loss,
+        s.last_loss,
+        s.window,
+        args.model.join(Part::Image.file()).display()
+    );
+    if let (Some(b), Some(a)) = (s.before, s.after) {
+        println!("held-out scenes, before: {}", accuracy_line(&b));
+        println!("held-out scenes, after:  {}", accuracy_line(&a));
+    }
+    Ok(())
+}
+
+/// "1234 object tokens: shape 81.2% (the commonest shape: 31.0%), colour 93.0%, both 77.9%; 98.8% of 11566
+/// ground tokens left empty; shapes predicted: sphere 20.1%, ...".
+pub fn accuracy_line(a: &AppearanceAccuracy) -> String {
+    let predicted: Vec<String> = Shape::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let n = a.predicted_shapes.get(i + 1).copied().unwrap_or(0);
+            format!("{} {:.1}%", s.name(), 100.0 * n as f64 / a.objects.max(1) as f64)
+        })
+        .collect();
+    format!(
+        "{} object tokens: shape {:.1}% (the commonest shape: {:.1}%), colour {:.1}%, both {:.1}%; {:.1}% of {} \
+         ground tokens left empty; shapes predicted: {}",
+        a.objects,
+        100.0 * a.shape_rate(),
+        100.0 * a.shape_majority_rate(),
+        100.0 * a.colour_rate(),
+        100.0 * a.both_rate(),
+        100.0 * a.ground_rate(),
+        a.ground,
+        predicted.join(", ")
+    )
+}
+
+/// Pretrains the image encoder part of the model in `model_dir` on fresh scenes and writes it back (atomically);
+/// measures it on held-out scenes before and after.
+pub fn pretrain_with(
+    model_dir: &std::path::Path,
+    pcfg: &ImagePretrainConfig,
+    how: &AppearanceTraining,
+) -> anyhow::Result<AppearanceSummary> {
+    let start = Instant::now();
+    let cfg = read_config(model_dir).with_context(|| format!("reading {}", model_dir.display()))?;
+    let device = Device::flex().autodiff();
+    device.seed(how.seed);
+    let part =
+        if how.fresh { cfg.init_image(&device) } else { load_part(model_dir, Part::Image, cfg.init_image(&device))? };
+    let enc = cfg.vlm.vision.image_size;
+    let grid = token_grid(&part, enc);
+    let heads = TokenAppearanceHeads::init(cfg.vlm.text.hidden_size, SHAPE_CLASSES, COLOUR_CLASSES, &device);
+    let model = EncoderWithAppearanceHeads { part, heads };
+    if how.size < 16 {
+        anyhow::bail!("--size {}: images of fewer than 16 pixels a side hold no objects to see", how.size);
+    }
+    let mut world = FreshScenes::new(how.size, enc, grid, how.scene.clone(), how.seed);
+    let held = FreshScenes::new(how.size, enc, grid, how.scene.clone(), how.seed ^ 0x5EED_0F_4E1D);
+    let measure = |m: &EncoderWithAppearanceHeads, mut scenes: FreshScenes| -> anyhow::Result<_> {
+        let mut acc = AppearanceAccuracy::default();
+        let mut left = how.val_scenes;
+        while left > 0 {
+            let n = left.min(32);
+            acc.add(appearance_accuracy(m, &scenes.batch(n)).context("measuring on held-out scenes")?);
+            left -= n;
+        }
+        Ok(acc)
+    };
+    let before = (how.val_scenes > 0).then(|| measure(&model.valid(), held.clone())).transpose()?;
+
+    let steps = pcfg.steps;
+    let progress = StepProgress::new(steps)?;
+    let mut history = Vec::with_capacity(steps);
+    let model = pretrain_appearance(
+        model,
+        pcfg,
+        how.object_weight,
+        &mut |n| Ok::<_, std::convert::Infallible>(world.batch(n)),
+        &mut |step, loss| {
+            history.push(loss);
+            progress.step(step, format!("loss {loss:.4}"));
+        },
+    )
+    .context("training on object shapes and colours")?;
+    progress.finish();
+    save_part(model_dir, Part::Image, &model.part)?;
+    let after = (how.val_scenes > 0).then(|| measure(&model.valid(), held)).transpose()?;
+    let (first_loss, last_loss, window) = first_and_last_means(&history, steps);
+    Ok(AppearanceSummary { first_loss, last_loss, window, secs: start.elapsed().as_secs_f64(), before, after })
+}
+
+/// A seeded stream of fresh scenes of the synth world, rendered and labelled per image token.
+#[derive(Clone)]
+struct FreshScenes {
+    size: u32,
+    encoder_size: usize,
+    grid: usize,
+    scene: SceneConfig,
+    rng: ChaCha8Rng,
+}
+
+impl FreshScenes {
+    fn new(size: u32, encoder_size: usize, grid: usize, scene: SceneConfig, seed: u64) -> Self {
+        Self { size, encoder_size, grid, scene, rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    /// The next `n` scenes as a batch.
+    fn batch(&mut self, n: usize) -> AppearanceBatch {
+        let (s, g) = (self.size as usize, self.grid);
+        let (mut pixels, mut shapes, mut colours) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..n {
+            let scene = sample_scene(&mut self.rng, &self.scene, self.size, self.size);
+            let image = render(&scene, 1);
+            pixels.extend(encoder_input(&planar_from_rgb8(&image.rgb, s, s), s, s, self.encoder_size));
+            for id in token_objects(&image.ids, s, s, g, MIN_SHARE) {
+                let (shape, colour) = classes_of(&scene, id);
+                shapes.push(shape);
+                colours.push(colour);
+            }
+        }
+        AppearanceBatch { image_size: self.encoder_size, grid: g, pixels, shapes, colours }
+    }
+}
+
+/// The share of a token's patch an object must cover to be that token's object.
+const MIN_SHARE: f64 = 0.2;
+
+/// The (shape, colour) classes of instance `id` of `scene` (0, 0 for the ground or an id no object has).
+fn classes_of(scene: &Scene, id: u8) -> (i64, i64) {
+    let Some(o) = scene.objects.iter().find(|o| o.id == id && id != 0) else { return (0, 0) };
+    let shape = Shape::ALL.iter().position(|&s| s == o.shape).map_or(0, |i| i as i64 + 1);
+    let colour = Colour::ALL.iter().position(|&c| c == o.colour).map_or(0, |i| i as i64 + 1);
+    (shape, colour)
+}
+
+/// The object of each token of a `grid x grid` split of a `w x h` instance-id map (row-major, 0 = ground): the id
+/// covering the most pixels of the token's patch when it covers at least `min_share` of them, else 0.
+fn token_objects(ids: &[u8], w: usize, h: usize, grid: usize, min_share: f64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(grid * grid);
+    for row in 0..grid {
+        let (y0, y1) = (row * h / grid, (row + 1) * h / grid);
+        for col in 0..grid {
+            let (x0, x1) = (col * w / grid, (col + 1) * w / grid);
+            let mut counts = [0usize; 256];
+            for y in y0..y1 {
+                for &id in &ids[y * w + x0..y * w + x1] {
+                    counts[id as usize] += 1;
+                }
+            }
+            let area = ((y1 - y0) * (x1 - x0)).max(1);
+            let (best, &n) =
+                counts.iter().enumerate().skip(1).max_by_key(|&(i, &n)| (n, std::cmp::Reverse(i))).unwrap();
+            out.push(if n > 0 && n as f64 >= min_share * area as f64 { best as u8 } else { 0 });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_token_takes_the_object_covering_enough_of_its_patch() {
+        // a 4x4 id map on a 2x2 grid: patches of 2x2 pixels
+        #[rustfmt::skip]
+        let ids = [
+            1, 1, 0, 3,
+            1, 2, 0, 0,
+            2, 2, 0, 0,
+            2, 0, 0, 0,
+        ];
+        // top-left: 1 has 3 of 4 pixels; top-right: 3 has 1 of 4 (25%); bottom-left: 2 has 3; bottom-right: none
+        assert_eq!(token_objects(&ids, 4, 4, 2, 0.2), vec![1, 3, 2, 0]);
+        assert_eq!(token_objects(&ids, 4, 4, 2, 0.5), vec![1, 0, 2, 0]);
+        // a tie goes to the lower id
+        assert_eq!(token_objects(&[4, 4, 2, 2], 2, 2, 1, 0.2), vec![2]);
+    }
+
+    #[test]
+    fn fresh_scenes_label_their_objects_with_shape_and_colour() {
+        let mut world = FreshScenes::new(64, 28, 4, SceneConfig::default(), 7);
+        let batch = world.batch(3);
+        assert_eq!((batch.len(), batch.pixels.len()), (3, 3 * 3 * 28 * 28));
+        assert!(batch.shapes.iter().all(|&s| (0..SHAPE_CLASSES as i64).contains(&s)));
+        assert!(batch.colours.iter().all(|&c| (0..COLOUR_CLASSES as i64).contains(&c)));
+        assert!(batch.shapes.iter().zip(&batch.colours).all(|(&s, &c)| (s == 0) == (c == 0)));
+        assert!(batch.shapes.iter().any(|&s| s != 0), "some token sees an object");
+        // the same seed draws the same scenes; another does not
+        assert_eq!(FreshScenes::new(64, 28, 4, SceneConfig::default(), 7).batch(3), batch);
+        assert_ne!(FreshScenes::new(64, 28, 4, SceneConfig::default(), 8).batch(3).pixels, batch.pixels);
+        // the classes follow Shape::ALL and Colour::ALL, 1-based
+        let scene = sample_scene(&mut ChaCha8Rng::seed_from_u64(1), &SceneConfig::default(), 64, 64);
+        let o = &scene.objects[0];
+        let (s, c) = classes_of(&scene, o.id);
+        assert_eq!((Shape::ALL[s as usize - 1], Colour::ALL[c as usize - 1]), (o.shape, o.colour));
+        assert_eq!(classes_of(&scene, 0), (0, 0));
+    }
+}
