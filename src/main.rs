@@ -61,9 +61,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo shows progress bars with each node's status line and prints its own stage summaries, so node logs
-    // would only interleave with the bars: warnings and errors only, unless RUST_LOG says otherwise.
-    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    // The demo and eval show progress bars with each node's status line and print their own summaries (eval its
+    // table, which the score node would log a second time), so node logs would only interleave with the bars or
+    // repeat what is printed: warnings and errors only, unless RUST_LOG says otherwise.
+    let default_level = if matches!(cli.command, Command::Demo(_) | Command::Eval(_)) { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

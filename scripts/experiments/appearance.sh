@@ -5,7 +5,7 @@
 #   2. one object per scene (colour, shape and count questions): 600 VQA steps from the demo's full model.
 #   3. the image encoder alone, taught each token's object shape and colour on fresh scenes
 #      (`perceptio pretrain-appearance`): the demo's encoder at several learning rates and step counts, a wider
-#      and deeper one, and one with 7 px patches.
+#      and deeper one, and one with 7 px patches; and how big the objects are on the token grid.
 # Usage: scripts/experiments/appearance.sh DEMO_DIR [WORK_DIR]   (DEMO_DIR from `perceptio demo --out DEMO_DIR`)
 # Needs a python with pyarrow and pillow in $PYTHON (default python3) for step 1. About 25 minutes on 2 cores.
 set -euo pipefail
@@ -41,6 +41,9 @@ vqa_only solid "$work/solid/codes" 300
 # 2. one object per scene
 world one '{"scenes": 1000, "vqa_per_scene": 6, "tasks": ["vqa"], "scene": {"objects": [1, 1]}}'
 vqa_only one "$work/one/codes" 600
+
+# how big the objects are on the token grid (the demo world's referring masks)
+"$py" "$here/object_coverage.py" "$demo/data/train-*.parquet"
 
 # 3. the encoder alone on fresh scenes (fresh weights in the shapes of each variant's perceptio.json)
 variant() { # name steps lr vision-config-json
