@@ -150,6 +150,10 @@ pub fn pretrain_with(
     pcfg: &ImagePretrainConfig,
     how: &AppearanceTraining,
 ) -> anyhow::Result<AppearanceSummary> {
+    pcfg.check().context("appearance pretraining")?;
+    if how.size < 16 {
+        anyhow::bail!("--size {}: images of fewer than 16 pixels a side hold no objects to see", how.size);
+    }
     let start = Instant::now();
     let cfg = read_config(model_dir).with_context(|| format!("reading {}", model_dir.display()))?;
     let device = Device::flex().autodiff();
@@ -160,9 +164,6 @@ pub fn pretrain_with(
     let grid = token_grid(&part, enc);
     let heads = TokenAppearanceHeads::init(cfg.vlm.text.hidden_size, SHAPE_CLASSES, COLOUR_CLASSES, &device);
     let model = EncoderWithAppearanceHeads { part, heads };
-    if how.size < 16 {
-        anyhow::bail!("--size {}: images of fewer than 16 pixels a side hold no objects to see", how.size);
-    }
     let mut world = FreshScenes::new(how.size, enc, grid, how.scene.clone(), how.seed);
     let held = FreshScenes::new(how.size, enc, grid, how.scene.clone(), how.seed ^ 0x5EED_0F_4E1D);
     let measure = |m: &EncoderWithAppearanceHeads, mut scenes: FreshScenes| -> anyhow::Result<_> {
