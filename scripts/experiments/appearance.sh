@@ -5,7 +5,7 @@
 #   2. one object per scene (colour, shape and count questions): 600 VQA steps from the demo's full model.
 #   3. the image encoder alone, taught each token's object shape and colour on fresh scenes
 #      (`perceptio pretrain-appearance`): the demo's encoder at several learning rates and step counts, a wider
-#      and deeper one, and one with 7 px patches; and how big the objects are on the token grid.
+#      and deeper one, one with 7 px patches, and the demo's on scenes of one object; and how big the objects are on the token grid.
 # Usage: scripts/experiments/appearance.sh DEMO_DIR [WORK_DIR]   (DEMO_DIR from `perceptio demo --out DEMO_DIR`)
 # Needs a python with pyarrow and pillow in $PYTHON (default python3) for step 1. About 25 minutes on 2 cores.
 set -euo pipefail
@@ -46,7 +46,7 @@ vqa_only one "$work/one/codes" 600
 "$py" "$here/object_coverage.py" "$demo/data/train-*.parquet"
 
 # 3. the encoder alone on fresh scenes (fresh weights in the shapes of each variant's perceptio.json)
-variant() { # name steps lr vision-config-json
+variant() { # name steps lr vision-config-json [more pretrain-appearance arguments]
     rm -rf "$work/enc-$1" && cp -r "$demo/model-init" "$work/enc-$1"
     "$py" - "$work/enc-$1/perceptio.json" "$4" <<'PY'
 import json, sys
@@ -55,7 +55,7 @@ cfg = json.load(open(path))
 cfg["vlm"]["vision"].update(change)
 json.dump(cfg, open(path, "w"), indent=1)
 PY
-    "$bin" pretrain-appearance --model "$work/enc-$1" --steps "$2" --lr "$3" --fresh 2> "$work/enc-$1.log" \
+    "$bin" pretrain-appearance --model "$work/enc-$1" --steps "$2" --lr "$3" --fresh "${@:5}" 2> "$work/enc-$1.log" \
         | grep -E 'pretrained|after' | sed "s/^/enc-$1 /"
 }
 variant demo-600 600 3e-3 '{}'
@@ -64,3 +64,4 @@ variant demo-600-lr3e-4 600 3e-4 '{}'
 variant demo-3000-lr1e-3 3000 1e-3 '{}'
 variant wide-deep 600 3e-3 '{"hidden_size": 128, "num_hidden_layers": 4, "intermediate_size": 256}'
 variant patch-7 600 3e-3 '{"patch_size": 7}'
+variant one-object 600 3e-3 '{}' --objects 1 1

@@ -50,6 +50,9 @@ pub struct PretrainAppearanceArgs {
     /// Side of the rendered images in pixels (the demo world's is 128).
     #[arg(long, default_value_t = 128)]
     pub size: u32,
+    /// Objects per scene, least and most (the synth world's default: 2 8).
+    #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [2, 8])]
+    pub objects: Vec<u32>,
     /// Held-out scenes to measure on after training (0: none).
     #[arg(long, default_value_t = 128)]
     pub val_scenes: usize,
@@ -94,7 +97,7 @@ pub fn run(args: &PretrainAppearanceArgs) -> anyhow::Result<()> {
     let how = AppearanceTraining {
         object_weight: args.object_weight,
         size: args.size,
-        scene: SceneConfig::default(),
+        scene: SceneConfig { objects: objects_range(&args.objects)?, ..SceneConfig::default() },
         val_scenes: args.val_scenes,
         seed: args.seed,
         fresh: args.fresh,
@@ -116,6 +119,14 @@ pub fn run(args: &PretrainAppearanceArgs) -> anyhow::Result<()> {
         println!("held-out scenes, after:  {}", accuracy_line(&a));
     }
     Ok(())
+}
+
+/// `--objects MIN MAX` as the scene config's range.
+fn objects_range(v: &[u32]) -> anyhow::Result<[u32; 2]> {
+    match *v {
+        [lo, hi] if (1..=hi).contains(&lo) && hi <= 8 => Ok([lo, hi]),
+        _ => anyhow::bail!("--objects {v:?}: want MIN MAX with 1 <= MIN <= MAX <= 8"),
+    }
 }
 
 /// "1234 object tokens: shape 81.2% (the commonest shape: 31.0%), colour 93.0%, both 77.9%; 98.8% of 11566
@@ -285,6 +296,16 @@ mod tests {
         assert_eq!(token_objects(&ids, 4, 4, 2, 0.5), vec![1, 0, 2, 0]);
         // a tie goes to the lower id
         assert_eq!(token_objects(&[4, 4, 2, 2], 2, 2, 1, 0.2), vec![2]);
+    }
+
+    #[test]
+    fn the_objects_range_is_checked() {
+        assert_eq!(objects_range(&[1, 1]).unwrap(), [1, 1]);
+        assert_eq!(objects_range(&[2, 8]).unwrap(), [2, 8]);
+        for bad in [&[0, 3][..], &[3, 2], &[1, 9], &[1]] {
+            let err = objects_range(bad).unwrap_err().to_string();
+            assert!(err.contains("1 <= MIN <= MAX <= 8"), "{err}");
+        }
     }
 
     #[test]
