@@ -13,7 +13,7 @@ fn patch_conv_weight_gradient_matches_finite_differences() {
     let mut conv = Conv2dConfig::new([c, d], [p, p]).with_stride([p, p]).init(&device);
     let x = Tensor::<4>::random([2, c, p * g, p * g], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
     let r = Tensor::<4>::random([2, d, g, g], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-    let w0: Vec<f32> = conv.weight.val().into_data().convert::<f32>().to_vec().unwrap();
+    let w0: Vec<f32> = conv.weight.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
     let loss_at = |w: Vec<f32>, conv: &mut burn::nn::conv::Conv2d| {
         conv.weight =
             Param::from_tensor(Tensor::<4>::from_data(TensorData::new(w, [d, c, p, p]), &device).require_grad());
@@ -21,7 +21,7 @@ fn patch_conv_weight_gradient_matches_finite_differences() {
     };
     let loss = loss_at(w0.clone(), &mut conv);
     let grads = loss.backward();
-    let g_w: Vec<f32> = conv.weight.grad(&grads).unwrap().into_data().convert::<f32>().to_vec().unwrap();
+    let g_w: Vec<f32> = conv.weight.grad(&grads).unwrap().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
     let mut worst = 0f32;
     for i in (0..w0.len()).step_by(7) {
         let eps = 1e-2;

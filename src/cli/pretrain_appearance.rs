@@ -26,6 +26,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::rows::{StepProgress, first_and_last_means};
 
+/// The learning rate and object-token weight of a run unless told otherwise (the CLI's and the demo's).
+pub const DEFAULT_LR: f64 = 3e-3;
+pub const DEFAULT_OBJECT_WEIGHT: f32 = 4.0;
+
 /// Shape classes: none, then [`Shape::ALL`] in order.
 pub const SHAPE_CLASSES: usize = Shape::ALL.len() + 1;
 /// Colour classes: none, then [`Colour::ALL`] in order.
@@ -42,10 +46,10 @@ pub struct PretrainAppearanceArgs {
     pub steps: usize,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = DEFAULT_LR)]
     pub lr: f64,
     /// Loss weight of a token on an object against a token on the ground.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = DEFAULT_OBJECT_WEIGHT)]
     pub object_weight: f32,
     /// Side of the rendered images in pixels (the demo world's is 128).
     #[arg(long, default_value_t = 128)]
@@ -72,9 +76,8 @@ pub struct AppearanceSummary {
     pub last_loss: f64,
     pub window: usize,
     pub secs: f64,
-    /// Held-out token accuracy before and after (None without held-out scenes).
-    pub before: Option<AppearanceAccuracy>,
-    pub after: Option<AppearanceAccuracy>,
+    /// Token accuracy of the trained encoder and heads on held-out scenes (None without any).
+    pub held_out: Option<AppearanceAccuracy>,
 }
 
 /// How a run trains.
@@ -114,9 +117,8 @@ pub fn run(args: &PretrainAppearanceArgs) -> anyhow::Result<()> {
         s.window,
         args.model.join(Part::Image.file()).display()
     );
-    if let (Some(b), Some(a)) = (s.before, s.after) {
-        println!("held-out scenes, before: {}", accuracy_line(&b));
-        println!("held-out scenes, after:  {}", accuracy_line(&a));
+    if let Some(a) = &s.held_out {
+        println!("held-out scenes: {}", accuracy_line(a));
     }
     Ok(())
 }
@@ -155,7 +157,7 @@ pub fn accuracy_line(a: &AppearanceAccuracy) -> String {
 }
 
 /// Pretrains the image encoder part of the model in `model_dir` on fresh scenes and writes it back (atomically);
-/// measures it on held-out scenes before and after.
+/// measures it on held-out scenes.
 pub fn pretrain_with(
     model_dir: &std::path::Path,
     pcfg: &ImagePretrainConfig,
@@ -176,18 +178,7 @@ pub fn pretrain_with(
     let heads = TokenAppearanceHeads::init(cfg.vlm.text.hidden_size, SHAPE_CLASSES, COLOUR_CLASSES, &device);
     let model = EncoderWithAppearanceHeads { part, heads };
     let mut world = FreshScenes::new(how.size, enc, grid, how.scene.clone(), how.seed);
-    let held = FreshScenes::new(how.size, enc, grid, how.scene.clone(), how.seed ^ 0x5EED_0F_4E1D);
-    let measure = |m: &EncoderWithAppearanceHeads, mut scenes: FreshScenes| -> anyhow::Result<_> {
-        let mut acc = AppearanceAccuracy::default();
-        let mut left = how.val_scenes;
-        while left > 0 {
-            let n = left.min(32);
-            acc.add(appearance_accuracy(m, &scenes.batch(n)).context("measuring on held-out scenes")?);
-            left -= n;
-        }
-        Ok(acc)
-    };
-    let before = (how.val_scenes > 0).then(|| measure(&model.valid(), held.clone())).transpose()?;
+    let mut held = FreshScenes::new(how.size, enc, grid, how.scene.clone(), how.seed ^ 0x5EED_0F_4E1D);
 
     let steps = pcfg.steps;
     let progress = StepProgress::new(steps)?;
@@ -205,13 +196,21 @@ pub fn pretrain_with(
     .context("training on object shapes and colours")?;
     progress.finish();
     save_part(model_dir, Part::Image, &model.part)?;
-    let after = (how.val_scenes > 0).then(|| measure(&model.valid(), held)).transpose()?;
+    // the held-out scenes in batches of up to 32
+    let trained = model.valid();
+    let mut held_out = None;
+    let mut left = how.val_scenes;
+    while left > 0 {
+        let n = left.min(32);
+        let acc = appearance_accuracy(&trained, &held.batch(n)).context("measuring on held-out scenes")?;
+        held_out.get_or_insert_with(AppearanceAccuracy::default).add(acc);
+        left -= n;
+    }
     let (first_loss, last_loss, window) = first_and_last_means(&history, steps);
-    Ok(AppearanceSummary { first_loss, last_loss, window, secs: start.elapsed().as_secs_f64(), before, after })
+    Ok(AppearanceSummary { first_loss, last_loss, window, secs: start.elapsed().as_secs_f64(), held_out })
 }
 
 /// A seeded stream of fresh scenes of the synth world, rendered and labelled per image token.
-#[derive(Clone)]
 struct FreshScenes {
     size: u32,
     encoder_size: usize,

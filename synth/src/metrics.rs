@@ -104,9 +104,15 @@ pub fn extract_choice(text: &str) -> Option<char> {
         .and_then(|t| t.chars().next())
 }
 
+/// The commonest key of a histogram with its count: on a tie the first in key order (None when it is empty).
+fn most_common<K>(counts: &BTreeMap<K, u64>) -> Option<(&K, u64)> {
+    // iteration is in key order and max_by_key keeps the last maximum, so walk it backwards
+    counts.iter().rev().max_by_key(|(_, n)| **n).map(|(k, n)| (k, *n))
+}
+
 /// The largest count in a histogram (0 when it is empty).
 fn largest<K>(counts: &BTreeMap<K, u64>) -> u64 {
-    counts.values().max().copied().unwrap_or(0)
+    most_common(counts).map_or(0, |(_, n)| n)
 }
 
 /// Point-question accuracy per number of points, and how the answers and the truths spread over the letters.
@@ -140,8 +146,7 @@ impl PointMetrics {
     /// The letter answered most often (None: answers without a letter), with its number of questions. Ties go to
     /// the first in key order: no letter, then A to E. None before any question.
     pub fn most_common_answer(&self) -> Option<(Option<char>, u64)> {
-        // iteration is in key order and max_by_key keeps the last maximum, so walk it backwards
-        self.answered.iter().rev().max_by_key(|(_, n)| **n).map(|(c, n)| (*c, *n))
+        most_common(&self.answered).map(|(c, n)| (*c, n))
     }
     /// The average accuracy of the best answer that ignores the image: for each count, the letter that is right
     /// most often among these questions, always given. It is what a model that learned only the letter
@@ -268,15 +273,7 @@ impl AnswerMetrics {
         self.truths
             .iter()
             .map(|(kind, truths)| {
-                let answered = self.answered.get(kind);
-                let most = answered.and_then(|a| {
-                    a.iter().fold(
-                        None,
-                        |best: Option<(&Option<String>, u64)>, (k, &n)| {
-                            if best.is_none_or(|(_, m)| n > m) { Some((k, n)) } else { best }
-                        },
-                    )
-                });
+                let most = self.answered.get(kind).and_then(most_common);
                 KindAnswers {
                     kind: kind.clone(),
                     questions: truths.values().sum(),

@@ -170,12 +170,16 @@ pub struct VqaScore {
     /// Answers that repeat the answer the model gave most often to their question kind.
     #[serde(default)]
     pub repeated_answers: u64,
-    /// The question kinds seen, in order (empty when the rows have no `kind`).
-    #[serde(default)]
-    pub kinds: Vec<String>,
-    /// Per question kind, in the order of `kinds`.
+    /// Per question kind (the rows' `kind` column), in order; empty when the rows have none.
     #[serde(default)]
     pub by_kind: Vec<VqaKindScore>,
+}
+
+impl VqaScore {
+    /// The question kinds seen, in order (empty when the rows have no `kind`).
+    pub fn kinds(&self) -> Vec<&str> {
+        self.by_kind.iter().map(|k| k.kind.as_str()).collect()
+    }
 }
 
 /// The answers to one kind of VQA question.
@@ -740,7 +744,6 @@ impl Scorer {
             exact_accuracy: ratio(v.exact, v.total),
             constant_answer_accuracy: v.constant_answer_accuracy(),
             repeated_answers: v.repeated_answers(),
-            kinds: v.truths.keys().filter(|k| !k.is_empty()).cloned().collect(),
             by_kind: v
                 .by_kind()
                 .into_iter()

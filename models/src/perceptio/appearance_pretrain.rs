@@ -10,11 +10,11 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
 use super::image_pretrain::{ImagePretrainConfig, ImagePretrainError, fit, pixels_tensor, token_grid};
 use super::model::ImageEncoderPart;
+use super::token_classes::{check_token_batch, token_argmax, token_log_probs, token_nll, weighted_mean};
 
 /// Encoder-normalised images and the object classes of each image token, on the host.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,30 +42,9 @@ impl AppearanceBatch {
     }
 
     fn check(&self, image_size: usize, grid: usize, classes: (usize, usize)) -> Result<usize, ImagePretrainError> {
-        let (p, g) = (self.image_size, self.grid);
-        if p != image_size || g != grid {
-            return Err(ImagePretrainError::Batch(format!(
-                "{p} px images with {g}x{g} token classes, but the encoder takes {image_size} px and makes \
-                 {grid}x{grid} tokens"
-            )));
-        }
-        let b = self.len();
-        let n = b * g * g;
-        if b == 0 || self.shapes.len() != n || self.colours.len() != n || self.pixels.len() != b * 3 * p * p {
-            return Err(ImagePretrainError::Batch(format!(
-                "{} pixel values, {} shape and {} colour classes do not make B >= 1 samples of [3, {p}, {p}] and \
-                 [{g}, {g}]",
-                self.pixels.len(),
-                self.shapes.len(),
-                self.colours.len()
-            )));
-        }
-        for (what, values, k) in [("shape", &self.shapes, classes.0), ("colour", &self.colours, classes.1)] {
-            if let Some(c) = values.iter().find(|&&c| !(0..k as i64).contains(&c)) {
-                return Err(ImagePretrainError::Batch(format!("{what} class {c} is not in 0..{k}")));
-            }
-        }
-        if let Some(i) = (0..n).find(|&i| (self.shapes[i] == 0) != (self.colours[i] == 0)) {
+        let labels = [("shape", &self.shapes[..], classes.0), ("colour", &self.colours[..], classes.1)];
+        let b = check_token_batch((self.image_size, self.grid), (image_size, grid), self.pixels.len(), &labels)?;
+        if let Some(i) = (0..self.shapes.len()).find(|&i| (self.shapes[i] == 0) != (self.colours[i] == 0)) {
             return Err(ImagePretrainError::Batch(format!(
                 "token {i} has shape class {} and colour class {}: either both name an object or both are 0",
                 self.shapes[i], self.colours[i]
@@ -106,11 +85,7 @@ impl EncoderWithAppearanceHeads {
     fn log_probs(&self, pixels: Vec<f32>, b: usize, p: usize) -> (Tensor<2>, Tensor<2>) {
         let device = self.heads.shape.weight.device();
         let tokens = self.part.forward(pixels_tensor(pixels, b, p, &device)); // [B, T, d]
-        let t = tokens.dims()[1];
-        let (s, c) = self.heads.classes();
-        let shape = self.heads.shape.forward(tokens.clone()).reshape([b * t, s]); // [B*T, S]
-        let colour = self.heads.colour.forward(tokens).reshape([b * t, c]); // [B*T, C]
-        (log_softmax(shape, 1), log_softmax(colour, 1))
+        (token_log_probs(&self.heads.shape, tokens.clone()), token_log_probs(&self.heads.colour, tokens))
     }
 
     fn checked(&self, batch: &AppearanceBatch) -> Result<usize, ImagePretrainError> {
@@ -127,16 +102,10 @@ pub fn appearance_loss(
     object_weight: f32,
 ) -> Result<Tensor<1>, ImagePretrainError> {
     let b = model.checked(&batch)?;
-    let device = model.heads.shape.weight.device();
-    let n = batch.shapes.len();
     let w: Vec<f32> = batch.shapes.iter().map(|&c| if c == 0 { 1.0 } else { object_weight }).collect();
-    let total: f32 = w.iter().sum();
     let (shape_lp, colour_lp) = model.log_probs(batch.pixels, b, batch.image_size); // [N, S], [N, C]
-    let shapes = Tensor::<2, Int>::from_data(TensorData::new(batch.shapes, [n, 1]), &device); // [N, 1]
-    let colours = Tensor::<2, Int>::from_data(TensorData::new(batch.colours, [n, 1]), &device); // [N, 1]
-    let w = Tensor::<2>::from_data(TensorData::new(w, [n, 1]), &device); // [N, 1]
-    let nll = shape_lp.gather(1, shapes).neg() + colour_lp.gather(1, colours).neg(); // [N, 1]
-    Ok((nll * w).sum() / total) // [1]
+    let nll = token_nll(shape_lp, batch.shapes) + token_nll(colour_lp, batch.colours); // [N, 1]
+    Ok(weighted_mean(nll, w)) // [1]
 }
 
 /// How well trained heads see the objects of a batch (object tokens only: the rest is the ground).
@@ -208,14 +177,7 @@ pub fn appearance_accuracy(
 ) -> Result<AppearanceAccuracy, ImagePretrainError> {
     let b = model.checked(batch)?;
     let (shape_lp, colour_lp) = model.log_probs(batch.pixels.clone(), b, batch.image_size);
-    let read = |t: Tensor<2>| {
-        t.argmax(1) // [N, 1]
-            .into_data()
-            .convert::<i64>()
-            .try_to_vec::<i64>()
-            .map_err(|e| ImagePretrainError::Batch(format!("reading the predicted classes: {e:?}")))
-    };
-    let (shapes, colours) = (read(shape_lp)?, read(colour_lp)?);
+    let (shapes, colours) = (token_argmax(shape_lp)?, token_argmax(colour_lp)?);
     let classes = model.heads.classes().0;
     let mut acc = AppearanceAccuracy {
         true_shapes: vec![0; classes],

@@ -10,11 +10,11 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
 use super::image_pretrain::{ImagePretrainConfig, ImagePretrainError, fit, pixels_tensor, token_grid};
 use super::model::ImageEncoderPart;
+use super::token_classes::{check_token_batch, token_argmax, token_log_probs, token_nll, weighted_mean};
 
 /// Classes of the head: no marker, then the letters A to E.
 pub const MARKER_CLASSES: usize = 6;
@@ -43,25 +43,8 @@ impl MarkerBatch {
     }
 
     fn check(&self, image_size: usize, grid: usize) -> Result<usize, ImagePretrainError> {
-        let (p, g) = (self.image_size, self.grid);
-        if p != image_size || g != grid {
-            return Err(ImagePretrainError::Batch(format!(
-                "{p} px images with {g}x{g} token classes, but the encoder takes {image_size} px and makes \
-                 {grid}x{grid} tokens"
-            )));
-        }
-        let b = self.len();
-        if b == 0 || self.classes.len() != b * g * g || self.pixels.len() != b * 3 * p * p {
-            return Err(ImagePretrainError::Batch(format!(
-                "{} pixel values and {} token classes do not make B >= 1 samples of [3, {p}, {p}] and [{g}, {g}]",
-                self.pixels.len(),
-                self.classes.len()
-            )));
-        }
-        if let Some(c) = self.classes.iter().find(|&&c| !(0..MARKER_CLASSES as i64).contains(&c)) {
-            return Err(ImagePretrainError::Batch(format!("token class {c} is not in 0..{MARKER_CLASSES}")));
-        }
-        Ok(b)
+        let labels = [("token", &self.classes[..], MARKER_CLASSES)];
+        check_token_batch((self.image_size, self.grid), (image_size, grid), self.pixels.len(), &labels)
     }
 }
 
@@ -123,10 +106,8 @@ impl EncoderWithMarkerHead {
     fn log_probs(&self, pixels: Vec<f32>, b: usize, p: usize, probe: bool) -> Tensor<2> {
         let device = self.head.linear.weight.device();
         let tokens = self.part.forward(pixels_tensor(pixels, b, p, &device)); // [B, T, d]
-        let t = tokens.dims()[1];
         let tokens = if probe { tokens.detach() } else { tokens };
-        let logits = self.head.linear.forward(tokens); // [B, T, C]
-        log_softmax(logits.reshape([b * t, MARKER_CLASSES]), 1) // [B*T, C]
+        token_log_probs(&self.head.linear, tokens) // [B*T, C]
     }
 
     fn checked(&self, batch: &MarkerBatch) -> Result<usize, ImagePretrainError> {
@@ -144,14 +125,9 @@ pub fn marker_loss(
     probe: bool,
 ) -> Result<Tensor<1>, ImagePretrainError> {
     let b = model.checked(&batch)?;
-    let device = model.head.linear.weight.device();
-    let n = batch.classes.len();
     let w: Vec<f32> = batch.classes.iter().map(|&c| if c == 0 { 1.0 } else { marker_weight }).collect();
     let logp = model.log_probs(batch.pixels, b, batch.image_size, probe); // [N, C]
-    let targets = Tensor::<2, Int>::from_data(TensorData::new(batch.classes, [n, 1]), &device); // [N, 1]
-    let total: f32 = w.iter().sum();
-    let w = Tensor::<2>::from_data(TensorData::new(w, [n, 1]), &device); // [N, 1]
-    Ok((logp.gather(1, targets).neg() * w).sum() / total) // [1]
+    Ok(weighted_mean(token_nll(logp, batch.classes), w)) // [1]
 }
 
 /// How well a trained head reads the markers of a batch.
@@ -193,9 +169,7 @@ pub fn marker_accuracy(
     batch: &MarkerBatch,
 ) -> Result<MarkerAccuracy, ImagePretrainError> {
     let b = model.checked(batch)?;
-    let best = model.log_probs(batch.pixels.clone(), b, batch.image_size, true).argmax(1); // [N, 1]
-    let best = best.into_data().convert::<i64>().try_to_vec::<i64>();
-    let best = best.map_err(|e| ImagePretrainError::Batch(format!("reading the predicted classes: {e:?}")))?;
+    let best = token_argmax(model.log_probs(batch.pixels.clone(), b, batch.image_size, true))?;
     let mut acc = MarkerAccuracy::default();
     for (&want, &got) in batch.classes.iter().zip(&best) {
         let right = usize::from(want == got);

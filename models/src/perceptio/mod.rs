@@ -30,6 +30,7 @@ pub mod predict;
 pub mod sequence;
 pub mod step;
 pub mod stepper;
+pub mod token_classes;
 pub mod tokens;
 
 pub use layout::{Sequence, SpecialTokens, TokenBatch};

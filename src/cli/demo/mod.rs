@@ -249,9 +249,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if plan.appearance_steps > 0 {
         let t = Instant::now();
         println!("image encoder: {} steps on object shapes and colours", plan.appearance_steps);
-        let pcfg = ImagePretrainConfig::new().with_steps(plan.appearance_steps).with_lr(3e-3);
+        let pcfg =
+            ImagePretrainConfig::new().with_steps(plan.appearance_steps).with_lr(pretrain_appearance::DEFAULT_LR);
         let how = AppearanceTraining {
-            object_weight: 4.0,
+            object_weight: pretrain_appearance::DEFAULT_OBJECT_WEIGHT,
             size: cfg.size,
             scene: cfg.scene.clone(),
             val_scenes: if args.quick { 32 } else { 128 },
@@ -261,7 +262,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let dir = init.clone();
         let summary =
             tokio::task::spawn_blocking(move || pretrain_appearance::pretrain_with(&dir, &pcfg, &how)).await??;
-        if let Some(a) = &summary.after {
+        if let Some(a) = &summary.held_out {
             println!("image encoder: held-out {}", pretrain_appearance::accuracy_line(a));
         }
         report.appearance = Some(summary);

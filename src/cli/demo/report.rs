@@ -291,7 +291,7 @@ impl Report {
         }
         let (fv, av) = (&full.table.vqa, &abl.table.vqa);
         if let (Some(f_acc), Some(a_acc), Some(constant)) = (fv.accuracy, av.accuracy, fv.constant_answer_accuracy) {
-            let kinds = if fv.kinds.is_empty() { "one kind".to_string() } else { fv.kinds.join(", ") };
+            let kinds = if fv.by_kind.is_empty() { "one kind".to_string() } else { fv.kinds().join(", ") };
             let _ = writeln!(
                 s,
                 "- Do the VQA answers depend on the image? The full model scores {:.1}%, the no-depth-tokens model \
@@ -328,20 +328,16 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(s, "# perceptio demo\n");
         let p = &self.plan;
+        let mut flags = String::from(if self.quick { " --quick" } else { "" });
+        if p.appearance_steps > 0 {
+            flags += &format!(" --appearance-steps {}", p.appearance_steps);
+        }
         let _ = writeln!(
             s,
             "Command: `perceptio demo{}` (seed {}): {} scenes, depth tokenizer {} steps,{} segmenter {} steps, \
              Perceptio {} steps on the task mixture per model (the full model after {} steps on depth questions \
              alone){}, {} test rows per evaluation. {:.0} s in total on this machine.\n",
-            format!(
-                "{}{}",
-                if self.quick { " --quick" } else { "" },
-                if p.appearance_steps > 0 {
-                    format!(" --appearance-steps {}", p.appearance_steps)
-                } else {
-                    String::new()
-                }
-            ),
+            flags,
             self.seed,
             p.scenes,
             p.vqvae_steps,
@@ -444,9 +440,8 @@ impl Report {
                  every step; both models start from it. Loss {:.3} -> {:.3} (means of the first and last {} steps).\n",
                 p.appearance_steps, a.secs, a.first_loss, a.last_loss, a.window
             );
-            if let (Some(b), Some(after)) = (&a.before, &a.after) {
-                let _ = writeln!(s, "- held-out scenes, before: {}", accuracy_line(b));
-                let _ = writeln!(s, "- held-out scenes, after: {}\n", accuracy_line(after));
+            if let Some(held) = &a.held_out {
+                let _ = writeln!(s, "Held-out scenes: {}.\n", accuracy_line(held));
             }
         }
         if let Some(g) = &self.segmenter {
