@@ -56,7 +56,7 @@ cfg["vlm"]["vision"].update(change)
 json.dump(cfg, open(path, "w"), indent=1)
 PY
     "$bin" pretrain-appearance --model "$work/enc-$1" --steps "$2" --lr "$3" --fresh "${@:5}" 2> "$work/enc-$1.log" \
-        | grep -E 'pretrained|after' | sed "s/^/enc-$1 /"
+        | grep -E 'pretrained|held-out' | sed "s/^/enc-$1 /"
 }
 variant demo-600 600 3e-3 '{}'
 variant demo-600-lr1e-3 600 1e-3 '{}'
