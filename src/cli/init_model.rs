@@ -41,6 +41,11 @@ pub struct InitModelArgs {
     /// Layers of the InternViT (default 2).
     #[arg(long)]
     pub vision_layers: Option<usize>,
+    /// Channels of a convolutional stem before the InternViT's patch projection, comma-separated (default none):
+    /// 3x3 convolutions with GELU, each halving the resolution while the patch side left is even (a hybrid ViT;
+    /// e.g. `--patch-size 16 --conv-stem 32,64,64,64,64`).
+    #[arg(long, value_delimiter = ',')]
+    pub conv_stem: Option<Vec<usize>>,
     /// Prompts put the image after the question (InternVL puts it first).
     #[arg(long)]
     pub image_last: bool,
@@ -76,6 +81,9 @@ impl InitModelArgs {
         }
         if let Some(layers) = self.vision_layers {
             cfg.vlm.vision.num_hidden_layers = layers;
+        }
+        if let Some(stem) = &self.conv_stem {
+            cfg.vlm.vision.conv_stem = stem.clone();
         }
         if let Some(theta) = self.rope_theta {
             cfg.vlm.text.rope_theta = theta;

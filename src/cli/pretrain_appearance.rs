@@ -12,8 +12,8 @@ use anyhow::Context;
 use burn::module::Module;
 use burn::tensor::Device;
 use perceptio_models::perceptio::appearance_pretrain::{
-    AppearanceAccuracy, AppearanceBatch, EncoderWithAppearanceHeads, TokenAppearanceHeads, appearance_accuracy,
-    pretrain_appearance,
+    AppearanceAccuracy, AppearanceBatch, EncoderWithAppearanceHeads, NOT_SCORED, TokenAppearanceHeads,
+    appearance_accuracy, pretrain_appearance,
 };
 use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config, save_part};
 use perceptio_models::perceptio::image::{encoder_input, planar_from_rgb8};
@@ -57,6 +57,11 @@ pub struct PretrainAppearanceArgs {
     /// Objects per scene, least and most (the synth world's default: 2 8).
     #[arg(long, num_args = 2, value_names = ["MIN", "MAX"], default_values_t = [2, 8])]
     pub objects: Vec<u32>,
+    /// Which object tokens are asked their shape: `tokens`, every token an object covers enough of; `centres`,
+    /// only the token at the centre of each object's visible pixels, so that it has to gather the outline
+    /// (colour is asked of every object token either way).
+    #[arg(long, value_enum, default_value_t = ShapeTarget::Tokens)]
+    pub shape_target: ShapeTarget,
     /// Held-out scenes to measure on after training (0: none).
     #[arg(long, default_value_t = 128)]
     pub val_scenes: usize,
@@ -66,6 +71,15 @@ pub struct PretrainAppearanceArgs {
     /// another encoder size written into perceptio.json.
     #[arg(long)]
     pub fresh: bool,
+}
+
+/// Which object tokens the shape head is trained and measured on.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShapeTarget {
+    /// Every token an object covers at least [`MIN_SHARE`] of.
+    Tokens,
+    /// The token holding the centroid of each object's visible pixels, when that token is the object's.
+    Centres,
 }
 
 /// What an appearance pretraining run reports.
@@ -84,6 +98,7 @@ pub struct AppearanceSummary {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppearanceTraining {
     pub object_weight: f32,
+    pub shape_target: ShapeTarget,
     /// Side of the rendered images.
     pub size: u32,
     /// The scenes drawn (the world's camera ranges and object counts).
@@ -99,6 +114,7 @@ pub fn run(args: &PretrainAppearanceArgs) -> anyhow::Result<()> {
     let cfg = ImagePretrainConfig::new().with_steps(args.steps).with_batch_size(args.batch_size).with_lr(args.lr);
     let how = AppearanceTraining {
         object_weight: args.object_weight,
+        shape_target: args.shape_target,
         size: args.size,
         scene: SceneConfig { objects: objects_range(&args.objects)?, ..SceneConfig::default() },
         val_scenes: args.val_scenes,
@@ -131,7 +147,7 @@ fn objects_range(v: &[u32]) -> anyhow::Result<[u32; 2]> {
     }
 }
 
-/// "1234 object tokens: shape 81.2% (the commonest shape: 31.0%), colour 93.0%, both 77.9%; 98.8% of 11566
+/// "1234 object tokens (1234 asked their shape): shape 81.2% (the commonest shape: 31.0%), colour 93.0%, both 77.9%; 98.8% of 11566
 /// ground tokens left empty; shapes predicted: sphere 20.1%, ...".
 pub fn accuracy_line(a: &AppearanceAccuracy) -> String {
     let predicted: Vec<String> = Shape::ALL
@@ -139,13 +155,14 @@ pub fn accuracy_line(a: &AppearanceAccuracy) -> String {
         .enumerate()
         .map(|(i, s)| {
             let n = a.predicted_shapes.get(i + 1).copied().unwrap_or(0);
-            format!("{} {:.1}%", s.name(), 100.0 * n as f64 / a.objects.max(1) as f64)
+            format!("{} {:.1}%", s.name(), 100.0 * n as f64 / a.shape_scored.max(1) as f64)
         })
         .collect();
     format!(
-        "{} object tokens: shape {:.1}% (the commonest shape: {:.1}%), colour {:.1}%, both {:.1}%; {:.1}% of {} \
-         ground tokens left empty; shapes predicted: {}",
+        "{} object tokens ({} asked their shape): shape {:.1}% (the commonest shape: {:.1}%), colour {:.1}%, both \
+         {:.1}%; {:.1}% of {} ground tokens left empty; shapes predicted: {}",
         a.objects,
+        a.shape_scored,
         100.0 * a.shape_rate(),
         100.0 * a.shape_majority_rate(),
         100.0 * a.colour_rate(),
@@ -177,8 +194,9 @@ pub fn pretrain_with(
     let grid = token_grid(&part, enc);
     let heads = TokenAppearanceHeads::init(cfg.vlm.text.hidden_size, SHAPE_CLASSES, COLOUR_CLASSES, &device);
     let model = EncoderWithAppearanceHeads { part, heads };
-    let mut world = FreshScenes::new(how.size, enc, grid, how.scene.clone(), how.seed);
-    let mut held = FreshScenes::new(how.size, enc, grid, how.scene.clone(), how.seed ^ 0x5EED_0F_4E1D);
+    let mut world = FreshScenes::new(how.size, enc, grid, how.scene.clone(), how.seed, how.shape_target);
+    let mut held =
+        FreshScenes::new(how.size, enc, grid, how.scene.clone(), how.seed ^ 0x5EED_0F_4E1D, how.shape_target);
 
     let steps = pcfg.steps;
     let progress = StepProgress::new(steps)?;
@@ -216,12 +234,13 @@ struct FreshScenes {
     encoder_size: usize,
     grid: usize,
     scene: SceneConfig,
+    shape_target: ShapeTarget,
     rng: ChaCha8Rng,
 }
 
 impl FreshScenes {
-    fn new(size: u32, encoder_size: usize, grid: usize, scene: SceneConfig, seed: u64) -> Self {
-        Self { size, encoder_size, grid, scene, rng: ChaCha8Rng::seed_from_u64(seed) }
+    fn new(size: u32, encoder_size: usize, grid: usize, scene: SceneConfig, seed: u64, target: ShapeTarget) -> Self {
+        Self { size, encoder_size, grid, scene, shape_target: target, rng: ChaCha8Rng::seed_from_u64(seed) }
     }
 
     /// The next `n` scenes as a batch.
@@ -232,9 +251,15 @@ impl FreshScenes {
             let scene = sample_scene(&mut self.rng, &self.scene, self.size, self.size);
             let image = render(&scene, 1);
             pixels.extend(encoder_input(&planar_from_rgb8(&image.rgb, s, s), s, s, self.encoder_size));
-            for id in token_objects(&image.ids, s, s, g, MIN_SHARE) {
+            let tokens = token_objects(&image.ids, s, s, g, MIN_SHARE);
+            let centres = match self.shape_target {
+                ShapeTarget::Tokens => None,
+                ShapeTarget::Centres => Some(centre_tokens(&image.ids, s, s, g, &tokens)),
+            };
+            for (t, &id) in tokens.iter().enumerate() {
                 let (shape, colour) = classes_of(&scene, id);
-                shapes.push(shape);
+                let scored = centres.as_ref().is_none_or(|c| c[t] || id == 0);
+                shapes.push(if scored { shape } else { NOT_SCORED });
                 colours.push(colour);
             }
         }
@@ -244,6 +269,34 @@ impl FreshScenes {
 
 /// The share of a token's patch an object must cover to be that token's object.
 const MIN_SHARE: f64 = 0.2;
+
+/// Which tokens of a `grid x grid` split of a `w x h` instance-id map hold the centroid of their object's visible
+/// pixels; `tokens` is each token's object ([`token_objects`]): an object whose centroid token belongs to another
+/// object (or to none) has no centre token.
+fn centre_tokens(ids: &[u8], w: usize, h: usize, grid: usize, tokens: &[u8]) -> Vec<bool> {
+    let mut sums = [(0usize, 0usize, 0usize); 256]; // (sum x, sum y, pixels) per id
+    for (i, &id) in ids.iter().enumerate() {
+        let e = &mut sums[id as usize];
+        e.0 += i % w;
+        e.1 += i / w;
+        e.2 += 1;
+    }
+    let mut centre = vec![false; grid * grid];
+    for (id, &(sx, sy, n)) in sums.iter().enumerate().skip(1) {
+        if n == 0 {
+            continue;
+        }
+        // the centroid's pixel, then the token whose patch holds it (the patches of token_objects)
+        let (cx, cy) = (sx / n, sy / n);
+        let (col, row) = ((0..grid).find(|&c| cx < (c + 1) * w / grid), (0..grid).find(|&r| cy < (r + 1) * h / grid));
+        if let (Some(col), Some(row)) = (col, row)
+            && tokens[row * grid + col] == id as u8
+        {
+            centre[row * grid + col] = true;
+        }
+    }
+    centre
+}
 
 /// The (shape, colour) classes of instance `id` of `scene` (0, 0 for the ground or an id no object has).
 fn classes_of(scene: &Scene, id: u8) -> (i64, i64) {
@@ -298,6 +351,51 @@ mod tests {
     }
 
     #[test]
+    fn centre_tokens_mark_the_token_under_each_objects_centroid_when_it_is_the_objects() {
+        // 4x4 ids on a 2x2 grid: 1 fills the top-left patch; 2's two pixels have their centroid at (3, 2), in the
+        // bottom-right patch, where 2 covers half; 3 has one pixel (25%) in the bottom-left patch
+        #[rustfmt::skip]
+        let ids = [
+            1, 1, 0, 0,
+            1, 1, 0, 0,
+            0, 0, 0, 2,
+            0, 3, 0, 2,
+        ];
+        let tokens = token_objects(&ids, 4, 4, 2, 0.2);
+        assert_eq!(tokens, vec![1, 0, 3, 2]);
+        assert_eq!(centre_tokens(&ids, 4, 4, 2, &tokens), vec![true, false, true, true]);
+        // a ring of 2 around 1: both centroids fall in the top-left patch, which 2 holds; 1 has no centre token
+        #[rustfmt::skip]
+        let ring = [
+            2, 2, 2, 2,
+            2, 1, 1, 2,
+            2, 1, 1, 2,
+            2, 2, 2, 2,
+        ];
+        let tokens = token_objects(&ring, 4, 4, 2, 0.2);
+        assert_eq!(tokens, vec![2, 2, 2, 2]);
+        assert_eq!(centre_tokens(&ring, 4, 4, 2, &tokens), vec![true, false, false, false]);
+    }
+
+    #[test]
+    fn the_centre_target_asks_one_shape_per_object_and_every_colour() {
+        let tokens = FreshScenes::new(64, 28, 4, SceneConfig::default(), 7, ShapeTarget::Tokens).batch(4);
+        let centres = FreshScenes::new(64, 28, 4, SceneConfig::default(), 7, ShapeTarget::Centres).batch(4);
+        // the same scenes, the same colours; a shape only where the token target has that same shape
+        assert_eq!((&centres.pixels, &centres.colours), (&tokens.pixels, &tokens.colours));
+        for (i, (&c, &t)) in centres.shapes.iter().zip(&tokens.shapes).enumerate() {
+            assert!(c == t || (c == NOT_SCORED && t > 0), "token {i}: centre target {c}, token target {t}");
+        }
+        let scored = centres.shapes.iter().filter(|&&c| c > 0).count();
+        let unscored = centres.shapes.iter().filter(|&&c| c == NOT_SCORED).count();
+        assert!(scored > 0 && unscored > 0, "{scored} scored, {unscored} not");
+        // at most one centre per object of each scene (a 4x4 grid: 16 tokens per image)
+        for image in centres.shapes.chunks(16) {
+            assert!(image.iter().filter(|&&c| c > 0).count() <= 8);
+        }
+    }
+
+    #[test]
     fn the_objects_range_is_checked() {
         assert_eq!(objects_range(&[1, 1]).unwrap(), [1, 1]);
         assert_eq!(objects_range(&[2, 8]).unwrap(), [2, 8]);
@@ -309,7 +407,7 @@ mod tests {
 
     #[test]
     fn fresh_scenes_label_their_objects_with_shape_and_colour() {
-        let mut world = FreshScenes::new(64, 28, 4, SceneConfig::default(), 7);
+        let mut world = FreshScenes::new(64, 28, 4, SceneConfig::default(), 7, ShapeTarget::Tokens);
         let batch = world.batch(3);
         assert_eq!((batch.len(), batch.pixels.len()), (3, 3 * 3 * 28 * 28));
         assert!(batch.shapes.iter().all(|&s| (0..SHAPE_CLASSES as i64).contains(&s)));
@@ -317,8 +415,11 @@ mod tests {
         assert!(batch.shapes.iter().zip(&batch.colours).all(|(&s, &c)| (s == 0) == (c == 0)));
         assert!(batch.shapes.iter().any(|&s| s != 0), "some token sees an object");
         // the same seed draws the same scenes; another does not
-        assert_eq!(FreshScenes::new(64, 28, 4, SceneConfig::default(), 7).batch(3), batch);
-        assert_ne!(FreshScenes::new(64, 28, 4, SceneConfig::default(), 8).batch(3).pixels, batch.pixels);
+        assert_eq!(FreshScenes::new(64, 28, 4, SceneConfig::default(), 7, ShapeTarget::Tokens).batch(3), batch);
+        assert_ne!(
+            FreshScenes::new(64, 28, 4, SceneConfig::default(), 8, ShapeTarget::Tokens).batch(3).pixels,
+            batch.pixels
+        );
         // the classes follow Shape::ALL and Colour::ALL, 1-based
         let scene = sample_scene(&mut ChaCha8Rng::seed_from_u64(1), &SceneConfig::default(), 64, 64);
         let o = &scene.objects[0];

@@ -16,6 +16,9 @@ use super::image_pretrain::{ImagePretrainConfig, ImagePretrainError, fit, pixels
 use super::model::ImageEncoderPart;
 use super::token_classes::{check_token_batch, token_argmax, token_log_probs, token_nll, weighted_mean};
 
+/// The shape class of an object token whose shape is not scored.
+pub const NOT_SCORED: i64 = -1;
+
 /// Encoder-normalised images and the object classes of each image token, on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppearanceBatch {
@@ -25,7 +28,8 @@ pub struct AppearanceBatch {
     pub grid: usize,
     /// `[B, 3, P, P]` row-major.
     pub pixels: Vec<f32>,
-    /// `[B, g * g]` row-major shape classes in `0..shape_classes` (0: no object).
+    /// `[B, g * g]` row-major shape classes in `0..shape_classes` (0: no object), or [`NOT_SCORED`] for an object
+    /// token whose shape is not asked for (with the centre target, every object token but the object's centre).
     pub shapes: Vec<i64>,
     /// `[B, g * g]` row-major colour classes in `0..colour_classes` (0: no object).
     pub colours: Vec<i64>,
@@ -42,11 +46,17 @@ impl AppearanceBatch {
     }
 
     fn check(&self, image_size: usize, grid: usize, classes: (usize, usize)) -> Result<usize, ImagePretrainError> {
-        let labels = [("shape", &self.shapes[..], classes.0), ("colour", &self.colours[..], classes.1)];
+        let scored: Vec<i64> = self.shapes.iter().map(|&c| if c == NOT_SCORED { 0 } else { c }).collect();
+        let labels = [("shape", &scored[..], classes.0), ("colour", &self.colours[..], classes.1)];
         let b = check_token_batch((self.image_size, self.grid), (image_size, grid), self.pixels.len(), &labels)?;
-        if let Some(i) = (0..self.shapes.len()).find(|&i| (self.shapes[i] == 0) != (self.colours[i] == 0)) {
+        let mismatched = |i: usize| {
+            let (s, c) = (self.shapes[i], self.colours[i]);
+            if s == NOT_SCORED { c == 0 } else { (s == 0) != (c == 0) }
+        };
+        if let Some(i) = (0..self.shapes.len()).find(|&i| mismatched(i)) {
             return Err(ImagePretrainError::Batch(format!(
-                "token {i} has shape class {} and colour class {}: either both name an object or both are 0",
+                "token {i} has shape class {} and colour class {}: either both name an object or both are 0 (an \
+                 unscored shape, {NOT_SCORED}, needs an object's colour)",
                 self.shapes[i], self.colours[i]
             )));
         }
@@ -95,32 +105,38 @@ impl EncoderWithAppearanceHeads {
 }
 
 /// The weighted cross-entropy of the shape classes plus that of the colour classes, a token on an object
-/// weighted `object_weight` times one without: `sum_i w_i * (-log p_i(s_i) - log q_i(c_i)) / sum_i w_i`.
+/// weighted `object_weight` times one without: `sum_i w_i * -log p_i(s_i) / sum_i w_i + sum_i w_i * -log q_i(c_i)
+/// / sum_i w_i`, where the shape sums leave out the tokens whose shape is [`NOT_SCORED`].
 pub fn appearance_loss(
     model: &EncoderWithAppearanceHeads,
     batch: AppearanceBatch,
     object_weight: f32,
 ) -> Result<Tensor<1>, ImagePretrainError> {
     let b = model.checked(&batch)?;
-    let w: Vec<f32> = batch.shapes.iter().map(|&c| if c == 0 { 1.0 } else { object_weight }).collect();
+    let weight = |c: i64| if c == 0 { 1.0 } else { object_weight };
+    let colour_w: Vec<f32> = batch.colours.iter().map(|&c| weight(c)).collect();
+    let shape_w: Vec<f32> = batch.shapes.iter().map(|&c| if c == NOT_SCORED { 0.0 } else { weight(c) }).collect();
+    let shapes: Vec<i64> = batch.shapes.iter().map(|&c| c.max(0)).collect();
     let (shape_lp, colour_lp) = model.log_probs(batch.pixels, b, batch.image_size); // [N, S], [N, C]
-    let nll = token_nll(shape_lp, batch.shapes) + token_nll(colour_lp, batch.colours); // [N, 1]
-    Ok(weighted_mean(nll, w)) // [1]
+    let shape = weighted_mean(token_nll(shape_lp, shapes), shape_w); // [1]
+    Ok(shape + weighted_mean(token_nll(colour_lp, batch.colours), colour_w)) // [1]
 }
 
 /// How well trained heads see the objects of a batch (object tokens only: the rest is the ground).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AppearanceAccuracy {
-    /// Tokens on an object.
+    /// Tokens on an object, and those of them whose shape is scored.
     pub objects: usize,
-    /// Object tokens given their shape, their colour, both.
+    pub shape_scored: usize,
+    /// Shape-scored object tokens given their shape; object tokens given their colour; shape-scored tokens given
+    /// both.
     pub shape_right: usize,
     pub colour_right: usize,
     pub both_right: usize,
     /// Tokens without an object, and those the shape head calls "no object".
     pub ground: usize,
     pub ground_right: usize,
-    /// Object tokens per true shape class and per predicted one (index = class; 0 is "no object").
+    /// Shape-scored object tokens per true shape class and per predicted one (index = class; 0 is "no object").
     pub true_shapes: Vec<usize>,
     pub predicted_shapes: Vec<usize>,
 }
@@ -128,6 +144,7 @@ pub struct AppearanceAccuracy {
 impl AppearanceAccuracy {
     pub fn add(&mut self, o: AppearanceAccuracy) {
         self.objects += o.objects;
+        self.shape_scored += o.shape_scored;
         self.shape_right += o.shape_right;
         self.colour_right += o.colour_right;
         self.both_right += o.both_right;
@@ -145,24 +162,26 @@ impl AppearanceAccuracy {
         }
     }
 
-    /// The share of object tokens whose shape is the commonest one: what a head that ignores the image scores.
+    /// The share of shape-scored tokens whose shape is the commonest one: what a head that ignores the image
+    /// scores.
     pub fn shape_majority_rate(&self) -> f64 {
-        Self::rate(self.true_shapes.iter().copied().max().unwrap_or(0), self.objects)
+        Self::rate(self.true_shapes.iter().copied().max().unwrap_or(0), self.shape_scored)
     }
 
     fn rate(right: usize, of: usize) -> f64 {
         right as f64 / of.max(1) as f64
     }
 
-    /// Fractions of object tokens given their shape, colour and both (0 when there are none).
+    /// Fractions of shape-scored tokens given their shape, of object tokens given their colour, and of
+    /// shape-scored tokens given both (0 when there are none).
     pub fn shape_rate(&self) -> f64 {
-        Self::rate(self.shape_right, self.objects)
+        Self::rate(self.shape_right, self.shape_scored)
     }
     pub fn colour_rate(&self) -> f64 {
         Self::rate(self.colour_right, self.objects)
     }
     pub fn both_rate(&self) -> f64 {
-        Self::rate(self.both_right, self.objects)
+        Self::rate(self.both_right, self.shape_scored)
     }
     /// Fraction of ground tokens the shape head leaves at "no object".
     pub fn ground_rate(&self) -> f64 {
@@ -185,17 +204,22 @@ pub fn appearance_accuracy(
         ..AppearanceAccuracy::default()
     };
     for i in 0..batch.shapes.len() {
-        if batch.shapes[i] == 0 {
+        if batch.colours[i] == 0 {
             acc.ground += 1;
             acc.ground_right += usize::from(shapes[i] == 0);
             continue;
         }
-        let (s, c) = (shapes[i] == batch.shapes[i], colours[i] == batch.colours[i]);
+        let c = colours[i] == batch.colours[i];
         acc.objects += 1;
+        acc.colour_right += usize::from(c);
+        if batch.shapes[i] == NOT_SCORED {
+            continue;
+        }
+        let s = shapes[i] == batch.shapes[i];
+        acc.shape_scored += 1;
         acc.true_shapes[batch.shapes[i] as usize] += 1;
         acc.predicted_shapes[shapes[i] as usize] += 1;
         acc.shape_right += usize::from(s);
-        acc.colour_right += usize::from(c);
         acc.both_right += usize::from(s && c);
     }
     Ok(acc)
@@ -293,6 +317,56 @@ mod tests {
         half.colours[i] = 0;
         let err = appearance_accuracy(&trained, &half).unwrap_err().to_string();
         assert!(err.contains(&format!("token {i} has shape class")), "{err}");
+    }
+
+    #[test]
+    fn unscored_shapes_leave_the_shape_loss_and_the_shape_counts() {
+        let device = Device::flex();
+        device.seed(3);
+        let cfg = PerceptioConfig::tiny(64, 5);
+        let part = cfg.init_image(&device);
+        let p = cfg.vlm.vision.image_size;
+        let grid = token_grid(&part, p);
+        let heads = TokenAppearanceHeads::init(cfg.vlm.text.hidden_size, 3, 4, &device);
+        let model = EncoderWithAppearanceHeads { part, heads };
+        let batch = squares(&cfg, grid, 4);
+        let all = appearance_accuracy(&model, &batch).unwrap();
+        assert_eq!((all.objects, all.shape_scored), (4, 4));
+        // the first two objects' shapes not asked: colour still counts all four, shape the last two
+        let mut half = batch.clone();
+        let objects: Vec<usize> = (0..half.shapes.len()).filter(|&i| half.shapes[i] != 0).collect();
+        for &i in &objects[..2] {
+            half.shapes[i] = NOT_SCORED;
+        }
+        let acc = appearance_accuracy(&model, &half).unwrap();
+        assert_eq!((acc.objects, acc.shape_scored, acc.colour_right), (4, 2, all.colour_right));
+        assert_eq!(acc.true_shapes.iter().sum::<usize>(), 2);
+        assert_eq!(acc.predicted_shapes.iter().sum::<usize>(), 2);
+        // the loss without those tokens' shape terms: the colour term is unchanged, the shape term is the weighted
+        // mean over the rest
+        let loss = |b: AppearanceBatch| appearance_loss(&model, b, 4.0).unwrap().into_scalar::<f32>();
+        let (full, partial) = (loss(batch.clone()), loss(half.clone()));
+        assert!(full.is_finite() && partial.is_finite() && (full - partial).abs() > 1e-6, "{full} {partial}");
+        let (shape_lp, colour_lp) = model.log_probs(batch.pixels.clone(), 4, p);
+        let nll = |lp: Tensor<2>, c: Vec<i64>| -> Vec<f32> { token_nll(lp, c).into_data().to_vec().unwrap() };
+        let (s_nll, c_nll) = (nll(shape_lp, batch.shapes.clone()), nll(colour_lp, batch.colours.clone()));
+        let mean = |nll: &[f32], skip: &[usize]| {
+            let (mut num, mut den) = (0.0f32, 0.0f32);
+            for (i, v) in nll.iter().enumerate().filter(|(i, _)| !skip.contains(i)) {
+                let w = if batch.colours[i] == 0 { 1.0 } else { 4.0 };
+                num += w * v;
+                den += w;
+            }
+            num / den
+        };
+        let expected = mean(&s_nll, &objects[..2]) + mean(&c_nll, &[]);
+        assert!((partial - expected).abs() < 1e-4, "{partial} vs {expected}");
+        // an unscored shape must sit on an object
+        let mut bad = half.clone();
+        let ground = bad.shapes.iter().position(|&c| c == 0).unwrap();
+        bad.shapes[ground] = NOT_SCORED;
+        let err = appearance_accuracy(&model, &bad).unwrap_err().to_string();
+        assert!(err.contains(&format!("token {ground} has shape class -1")), "{err}");
     }
 
     #[test]

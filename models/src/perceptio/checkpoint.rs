@@ -82,8 +82,12 @@ pub fn read_config(dir: &Path) -> Result<PerceptioConfig, CheckpointError> {
 }
 
 /// `perceptio.json` fields (dotted paths) that older model directories lack, with the value they mean there.
-fn added_fields() -> [(&'static str, serde_json::Value); 2] {
-    [("image_last", false.into()), ("sam2.prompt_encoder_config.scale", 1.0.into())]
+fn added_fields() -> [(&'static str, serde_json::Value); 3] {
+    [
+        ("image_last", false.into()),
+        ("sam2.prompt_encoder_config.scale", 1.0.into()),
+        ("vlm.vision.conv_stem", serde_json::Value::Array(Vec::new())),
+    ]
 }
 
 /// Inserts `default` at the dotted `path` of `value` when its parent object exists and the key does not; true when
@@ -187,9 +191,16 @@ mod tests {
         std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
         let older = read_config(dir.path()).unwrap();
         assert_eq!((older.image_last, older.sam2.prompt_encoder_config.scale), (false, 1.0));
+        // and one from before the InternViT's `conv_stem`
+        value["vlm"]["vision"].as_object_mut().unwrap().remove("conv_stem").unwrap();
+        std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
+        let oldest = read_config(dir.path()).unwrap();
+        assert!(oldest.vlm.vision.conv_stem.is_empty());
+        assert_eq!(oldest.vlm.vision, cfg.vlm.vision);
         assert_eq!(old.image_tokens(), cfg.image_tokens());
         // a field of the wrong type is still an error naming the file, with serde's line and column
         value["sam2"]["prompt_encoder_config"].as_object_mut().unwrap().insert("scale".into(), 1.0.into());
+        value["vlm"]["vision"].as_object_mut().unwrap().insert("conv_stem".into(), serde_json::json!([]));
         value.as_object_mut().unwrap().insert("image_last".into(), "yes".into());
         std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
         let err = read_config(dir.path()).unwrap_err().to_string();

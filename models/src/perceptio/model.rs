@@ -153,6 +153,12 @@ impl PerceptioConfig {
                 ),
             );
         }
+        if v.conv_stem.contains(&0) {
+            return bad(
+                "vlm.vision.conv_stem",
+                format!("{:?}: every stem layer needs at least one channel", v.conv_stem),
+            );
+        }
         let theta = self.vlm.text.rope_theta;
         if !(theta.is_finite() && theta > 1.0) {
             return bad("vlm.text.rope_theta", format!("{theta} is not a number above 1"));

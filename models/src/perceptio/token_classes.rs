@@ -57,10 +57,10 @@ pub fn token_nll(log_probs: Tensor<2>, classes: Vec<i64>) -> Tensor<2> {
     log_probs.gather(1, targets).neg() // [N, 1]
 }
 
-/// `sum_i w_i * nll_i / sum_i w_i` of per-token losses `[N, 1]` and their `N` weights.
+/// `sum_i w_i * nll_i / sum_i w_i` of per-token losses `[N, 1]` and their `N` weights (0 when every weight is).
 pub fn weighted_mean(nll: Tensor<2>, weights: Vec<f32>) -> Tensor<1> {
     let n = weights.len();
-    let total: f32 = weights.iter().sum();
+    let total: f32 = weights.iter().sum::<f32>().max(f32::MIN_POSITIVE);
     let w = Tensor::<2>::from_data(TensorData::new(weights, [n, 1]), &nll.device()); // [N, 1]
     (nll * w).sum() / total // [1]
 }

@@ -33,6 +33,14 @@ pub struct InternVitConfig {
     /// No final LayerNorm when true (InternVL's setting).
     #[config(default = true)]
     pub use_mean_pooling: bool,
+    /// Channels of a convolutional stem before the patch projection (empty, the default, for InternViT
+    /// checkpoints): 3x3 convolutions each followed by GELU. Each halves the resolution (stride 2) while the patch
+    /// side left to cover is even, and keeps it after that, so the projection then covers the rest: a 16 px patch
+    /// after five layers is four halvings and a 1x1 projection, a 14 px patch after two is one halving and a 7x7
+    /// one. Not an InternVL feature: an option for encoders trained from scratch (a hybrid ViT; Xiao et al. 2021,
+    /// "Early Convolutions Help Transformers See Better"), see docs/points.md.
+    #[config(default = "Vec::new()")]
+    pub conv_stem: Vec<usize>,
 }
 
 #[derive(Deserialize)]
@@ -102,11 +110,44 @@ impl InternVitConfig {
         Self::new(1024, 24, 16, 4096)
     }
 
+    /// The stride of each stem layer: 2 while the patch side left is even, then 1.
+    pub fn stem_strides(&self) -> Vec<usize> {
+        let mut left = self.patch_size;
+        self.conv_stem
+            .iter()
+            .map(|_| {
+                if left > 0 && left % 2 == 0 {
+                    left /= 2;
+                    2
+                } else {
+                    1
+                }
+            })
+            .collect()
+    }
+
+    /// Side of the patch projection's kernel: the patch side left after the stem's halvings.
+    pub fn projection_kernel(&self) -> usize {
+        self.patch_size >> self.stem_strides().iter().filter(|&&s| s == 2).count()
+    }
+
+    /// Channels entering the patch projection: the image's, or the last stem layer's.
+    pub fn projection_channels(&self) -> usize {
+        self.conv_stem.last().copied().unwrap_or(self.num_channels)
+    }
+
     /// Number of parameters.
     pub fn num_params(&self) -> usize {
         let d = self.hidden_size;
         let n = self.grid() * self.grid();
-        let embed = d + (n + 1) * d + d * self.num_channels * self.patch_size * self.patch_size + d;
+        let k = self.projection_kernel();
+        let mut stem = 0;
+        let mut c_in = self.num_channels;
+        for &c in &self.conv_stem {
+            stem += c * c_in * 9 + c;
+            c_in = c;
+        }
+        let embed = d + (n + 1) * d + d * self.projection_channels() * k * k + d + stem;
         let attn = 4 * d * d + 4 * d;
         let mlp = 2 * d * self.intermediate_size + self.intermediate_size + d;
         let qk = if self.use_qk_norm { 2 * d } else { 0 };

@@ -253,6 +253,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             ImagePretrainConfig::new().with_steps(plan.appearance_steps).with_lr(pretrain_appearance::DEFAULT_LR);
         let how = AppearanceTraining {
             object_weight: pretrain_appearance::DEFAULT_OBJECT_WEIGHT,
+            shape_target: pretrain_appearance::ShapeTarget::Tokens,
             size: cfg.size,
             scene: cfg.scene.clone(),
             val_scenes: if args.quick { 32 } else { 128 },
