@@ -19,10 +19,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use perceptio::runtime::{Graph, RunOptions, RunSummary};
 use perceptio_actors::perceptio::init::{dataset_texts, init_tiny_model_with};
 use perceptio_models::perceptio::PerceptioConfig;
+use perceptio_models::perceptio::checkpoint::{read_config, write_config};
 use perceptio_synth::SynthConfig;
 
 use super::eval::evaluate;
-use super::pretrain_appearance::{self, AppearanceTraining};
+use super::pretrain_appearance::{self, AppearanceTraining, ShapeTarget};
 use super::pretrain_sam2;
 use super::train_vqvae::{self, TrainVqvaeArgs};
 use perceptio_models::perceptio::image_pretrain::ImagePretrainConfig;
@@ -51,6 +52,18 @@ pub struct DemoArgs {
     /// training, shared by both models (default 0: off; see docs/points.md, section 6).
     #[arg(long)]
     pub appearance_steps: Option<usize>,
+    /// Which object tokens the image-encoder stage asks their shape (`pretrain-appearance --shape-target`).
+    #[arg(long, value_enum, default_value_t = ShapeTarget::Tokens)]
+    pub shape_target: ShapeTarget,
+    /// The image encoder: `vit`, the tiny InternViT on 14 px patches; `hybrid`, the same with a convolutional stem
+    /// (3x3 layers of 32, 64, 64, 64 and 64 channels) before 16 px patches, which learns object shape where the
+    /// plain one does not (docs/points.md, section 7).
+    #[arg(long, value_enum, default_value_t = EncoderKind::Vit)]
+    pub encoder: EncoderKind,
+    /// Keep the InternViT fixed in Perceptio training, after its own stage (the projector still trains): trained
+    /// with the tasks, it loses what that stage taught it (docs/points.md, sections 2 and 7).
+    #[arg(long)]
+    pub freeze_encoder: bool,
     /// Segmenter (SAM2) pretraining steps on the world's masks before Perceptio training (default 300, or 20
     /// with --quick; 0 skips the stage).
     #[arg(long)]
@@ -76,12 +89,34 @@ pub struct DemoArgs {
     pub seed: u64,
 }
 
+/// The image encoders `perceptio demo` can build.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderKind {
+    /// The tiny InternViT: 14 px patches, linear patch projection.
+    Vit,
+    /// The tiny InternViT after a convolutional stem, on 16 px patches.
+    Hybrid,
+}
+
+impl EncoderKind {
+    /// Sets the encoder's patch and stem in `cfg` (before the image is laid out on the depth grid).
+    fn apply(self, cfg: &mut PerceptioConfig) {
+        if self == EncoderKind::Hybrid {
+            cfg.vlm.vision.patch_size = 16;
+            cfg.vlm.vision.conv_stem = vec![32, 64, 64, 64, 64];
+        }
+    }
+}
+
 /// The sizes of one demo run.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
     pub scenes: usize,
     pub vqvae_steps: usize,
     pub appearance_steps: usize,
+    pub shape_target: ShapeTarget,
+    pub encoder: EncoderKind,
+    pub freeze_encoder: bool,
     pub sam2_steps: usize,
     pub depth_steps: usize,
     pub steps: usize,
@@ -96,6 +131,9 @@ impl DemoArgs {
             scenes: self.scenes.unwrap_or(if q { 120 } else { 600 }),
             vqvae_steps: self.vqvae_steps.unwrap_or(if q { 60 } else { 400 }),
             appearance_steps: self.appearance_steps.unwrap_or(0),
+            shape_target: self.shape_target,
+            encoder: self.encoder,
+            freeze_encoder: self.freeze_encoder,
             sam2_steps: self.sam2_steps.unwrap_or(if q { 20 } else { 300 }),
             depth_steps: self.depth_steps.unwrap_or(if q { 10 } else { 300 }),
             steps: self.steps.unwrap_or(if q { 30 } else { 250 }),
@@ -239,6 +277,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let texts = dataset_texts(&train_files)?;
     let init = out.join("model-init");
     let demo_layout = |cfg: &mut PerceptioConfig| {
+        plan.encoder.apply(cfg);
         cfg.align_image_with_depth_grid();
         cfg.seg_grounding = true;
     };
@@ -253,7 +292,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             ImagePretrainConfig::new().with_steps(plan.appearance_steps).with_lr(pretrain_appearance::DEFAULT_LR);
         let how = AppearanceTraining {
             object_weight: pretrain_appearance::DEFAULT_OBJECT_WEIGHT,
-            shape_target: pretrain_appearance::ShapeTarget::Tokens,
+            shape_target: plan.shape_target,
             size: cfg.size,
             scene: cfg.scene.clone(),
             val_scenes: if args.quick { 32 } else { 128 },
@@ -268,6 +307,12 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         }
         report.appearance = Some(summary);
         report.stage("image encoder", secs(t));
+    }
+
+    if plan.freeze_encoder {
+        let mut cfg = read_config(&init)?;
+        cfg.trainable.vision_encoder = false;
+        write_config(&init, &cfg)?;
     }
 
     // 6. The segmenter: SAM2 pretrained on the training split's masks with point prompts, so that the image encoder

@@ -18,7 +18,8 @@ use perceptio_synth::pictures::write_png;
 use super::Plan;
 use super::plot::{Series, line_plot, smooth};
 use super::samples::SampleLine;
-use crate::cli::pretrain_appearance::{AppearanceSummary, accuracy_line};
+use super::EncoderKind;
+use crate::cli::pretrain_appearance::{AppearanceSummary, ShapeTarget, accuracy_line};
 use crate::cli::pretrain_sam2::{PointIou, PretrainSummary};
 
 /// Per-micro-batch loss terms of one training run (`None` where a batch had no such term).
@@ -332,6 +333,15 @@ impl Report {
         if p.appearance_steps > 0 {
             flags += &format!(" --appearance-steps {}", p.appearance_steps);
         }
+        if p.shape_target != ShapeTarget::Tokens {
+            flags += " --shape-target centres";
+        }
+        if p.encoder != EncoderKind::Vit {
+            flags += " --encoder hybrid";
+        }
+        if p.freeze_encoder {
+            flags += " --freeze-encoder";
+        }
         let _ = writeln!(
             s,
             "Command: `perceptio demo{}` (seed {}): {} scenes, depth tokenizer {} steps,{} segmenter {} steps, \
@@ -433,12 +443,25 @@ impl Report {
         }
         if let Some(a) = &self.appearance {
             let _ = writeln!(s, "## Image encoder (`perceptio pretrain-appearance`)\n");
+            let what = match p.shape_target {
+                ShapeTarget::Tokens => "the shape and colour of the object under it",
+                ShapeTarget::Centres => "the colour of the object under it and, at each object's centre, its shape",
+            };
             let _ = writeln!(
                 s,
-                "The InternViT and projector of the initial model, trained for {} steps ({:.0} s) to say, for each \
-                 image token, the shape and colour of the object under it, on fresh scenes of the same world drawn \
-                 every step; both models start from it. Loss {:.3} -> {:.3} (means of the first and last {} steps).\n",
-                p.appearance_steps, a.secs, a.first_loss, a.last_loss, a.window
+                "The {} and projector of the initial model, trained for {} steps ({:.0} s) to say, for each image \
+                 token, {what}, on fresh scenes of the same world drawn every step; both models start from it{}. \
+                 Loss {:.3} -> {:.3} (means of the first and last {} steps).\n",
+                match p.encoder {
+                    EncoderKind::Vit => "InternViT",
+                    EncoderKind::Hybrid => "InternViT (with its convolutional stem)",
+                },
+                p.appearance_steps,
+                a.secs,
+                if p.freeze_encoder { ", and Perceptio training keeps the InternViT fixed" } else { "" },
+                a.first_loss,
+                a.last_loss,
+                a.window
             );
             if let Some(held) = &a.held_out {
                 let _ = writeln!(s, "Held-out scenes: {}.\n", accuracy_line(held));
