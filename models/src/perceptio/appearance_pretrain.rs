@@ -348,7 +348,8 @@ mod tests {
         let (full, partial) = (loss(batch.clone()), loss(half.clone()));
         assert!(full.is_finite() && partial.is_finite() && (full - partial).abs() > 1e-6, "{full} {partial}");
         let (shape_lp, colour_lp) = model.log_probs(batch.pixels.clone(), 4, p);
-        let nll = |lp: Tensor<2>, c: Vec<i64>| -> Vec<f32> { token_nll(lp, c).into_data().to_vec().unwrap() };
+        let nll =
+            |lp: Tensor<2>, c: Vec<i64>| -> Vec<f32> { token_nll(lp, c).into_data().try_to_vec::<f32>().unwrap() };
         let (s_nll, c_nll) = (nll(shape_lp, batch.shapes.clone()), nll(colour_lp, batch.colours.clone()));
         let mean = |nll: &[f32], skip: &[usize]| {
             let (mut num, mut den) = (0.0f32, 0.0f32);

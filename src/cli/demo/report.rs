@@ -15,10 +15,10 @@ use perceptio_models::depth::train::ValMetrics;
 use perceptio_models::perceptio::PerceptioConfig;
 use perceptio_synth::pictures::write_png;
 
+use super::EncoderKind;
 use super::Plan;
 use super::plot::{Series, line_plot, smooth};
 use super::samples::SampleLine;
-use super::EncoderKind;
 use crate::cli::pretrain_appearance::{AppearanceSummary, ShapeTarget, accuracy_line};
 use crate::cli::pretrain_sam2::{PointIou, PretrainSummary};
 
@@ -551,6 +551,48 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::Curve;
+    use super::{AppearanceSummary, EncoderKind, Report, ShapeTarget};
+    use crate::cli::demo::Plan;
+
+    fn plan() -> Plan {
+        Plan {
+            scenes: 10,
+            vqvae_steps: 1,
+            appearance_steps: 0,
+            shape_target: ShapeTarget::Tokens,
+            encoder: EncoderKind::Vit,
+            freeze_encoder: false,
+            sam2_steps: 1,
+            depth_steps: 1,
+            steps: 1,
+            referring_steps: 1,
+            eval_rows: None,
+        }
+    }
+
+    #[test]
+    fn the_command_line_names_every_encoder_option_that_is_not_the_default() {
+        let out = std::path::Path::new("/tmp/out");
+        let plain = Report::new(false, 0, plan()).markdown(out);
+        assert!(plain.contains("Command: `perceptio demo` (seed 0)"), "{plain}");
+        let p = Plan {
+            appearance_steps: 5,
+            shape_target: ShapeTarget::Centres,
+            encoder: EncoderKind::Hybrid,
+            freeze_encoder: true,
+            ..plan()
+        };
+        let mut r = Report::new(true, 3, p);
+        r.appearance =
+            Some(AppearanceSummary { first_loss: 2.0, last_loss: 1.0, window: 1, secs: 4.0, held_out: None });
+        let md = r.markdown(out);
+        let cmd = "`perceptio demo --quick --appearance-steps 5 --shape-target centres --encoder hybrid \
+                   --freeze-encoder` (seed 3)";
+        assert!(md.contains(cmd), "{md}");
+        assert!(md.contains("The InternViT (with its convolutional stem) and projector"), "{md}");
+        assert!(md.contains("at each object's centre, its shape"), "{md}");
+        assert!(md.contains("Perceptio training keeps the InternViT fixed"), "{md}");
+    }
 
     fn curve(steps: &[f64], terms: &[(&str, &[Option<f64>])]) -> Curve {
         Curve { steps: steps.to_vec(), terms: terms.iter().map(|(t, v)| (t.to_string(), v.to_vec())).collect() }
