@@ -1,6 +1,7 @@
 //! Pretraining the image encoder part to see objects: each image token the LLM will see says, through two
 //! throw-away linear heads, the shape and the colour of the object covering its patch (class 0 for either: no
-//! object). Cross-entropy of both, object tokens weighted up (they are few); the optimisation loop of
+//! object; a token's shape may be left unasked, [`NOT_SCORED`], so that only each object's centre token is asked
+//! it). Cross-entropy of both, object tokens weighted up (they are few); the optimisation loop of
 //! [`super::image_pretrain::fit`]. [`appearance_accuracy`] measures a trained encoder on held-out images.
 //!
 //! Why: trained from scratch inside Perceptio training, the tiny encoder learns colour but not shape. With one
