@@ -286,16 +286,23 @@ fn centre_tokens(ids: &[u8], w: usize, h: usize, grid: usize, tokens: &[u8]) -> 
         if n == 0 {
             continue;
         }
-        // the centroid's pixel, then the token whose patch holds it (the patches of token_objects)
-        let (cx, cy) = (sx / n, sy / n);
-        let (col, row) = ((0..grid).find(|&c| cx < (c + 1) * w / grid), (0..grid).find(|&r| cy < (r + 1) * h / grid));
-        if let (Some(col), Some(row)) = (col, row)
-            && tokens[row * grid + col] == id as u8
-        {
-            centre[row * grid + col] = true;
+        // the centroid's pixel, then the token whose patch holds it
+        let t = patch_of(sy / n, h, grid) * grid + patch_of(sx / n, w, grid);
+        if tokens[t] == id as u8 {
+            centre[t] = true;
         }
     }
     centre
+}
+
+/// The pixels `start..end` that patch `i` of `grid` covers along a side of `n` pixels.
+fn patch_span(i: usize, n: usize, grid: usize) -> (usize, usize) {
+    (i * n / grid, (i + 1) * n / grid)
+}
+
+/// The patch of `grid` whose [`patch_span`] holds pixel `x` of a side of `n` pixels (`x < n`).
+fn patch_of(x: usize, n: usize, grid: usize) -> usize {
+    (0..grid).find(|&i| x < patch_span(i, n, grid).1).unwrap_or(grid - 1)
 }
 
 /// The (shape, colour) classes of instance `id` of `scene` (0, 0 for the ground or an id no object has).
@@ -311,9 +318,9 @@ fn classes_of(scene: &Scene, id: u8) -> (i64, i64) {
 fn token_objects(ids: &[u8], w: usize, h: usize, grid: usize, min_share: f64) -> Vec<u8> {
     let mut out = Vec::with_capacity(grid * grid);
     for row in 0..grid {
-        let (y0, y1) = (row * h / grid, (row + 1) * h / grid);
+        let (y0, y1) = patch_span(row, h, grid);
         for col in 0..grid {
-            let (x0, x1) = (col * w / grid, (col + 1) * w / grid);
+            let (x0, x1) = patch_span(col, w, grid);
             let mut counts = [0usize; 256];
             for y in y0..y1 {
                 for &id in &ids[y * w + x0..y * w + x1] {
@@ -375,6 +382,8 @@ mod tests {
         let tokens = token_objects(&ring, 4, 4, 2, 0.2);
         assert_eq!(tokens, vec![2, 2, 2, 2]);
         assert_eq!(centre_tokens(&ring, 4, 4, 2, &tokens), vec![true, false, false, false]);
+        // patches of a side that the grid does not divide: 10 px in 3 patches of 3, 3 and 4 px
+        assert_eq!((0..10).map(|x| patch_of(x, 10, 3)).collect::<Vec<_>>(), vec![0, 0, 0, 1, 1, 1, 2, 2, 2, 2]);
     }
 
     #[test]
@@ -389,10 +398,14 @@ mod tests {
         let scored = centres.shapes.iter().filter(|&&c| c > 0).count();
         let unscored = centres.shapes.iter().filter(|&&c| c == NOT_SCORED).count();
         assert!(scored > 0 && unscored > 0, "{scored} scored, {unscored} not");
-        // at most one centre per object of each scene (a 4x4 grid: 16 tokens per image)
-        for image in centres.shapes.chunks(16) {
-            assert!(image.iter().filter(|&&c| c > 0).count() <= 8);
-        }
+        // the first scene's asked shapes sit exactly on its objects' centre tokens
+        let scene = sample_scene(&mut ChaCha8Rng::seed_from_u64(7), &SceneConfig::default(), 64, 64);
+        let ids = render(&scene, 1).ids;
+        let objects = token_objects(&ids, 64, 64, 4, MIN_SHARE);
+        let expected: Vec<bool> =
+            centre_tokens(&ids, 64, 64, 4, &objects).iter().zip(&objects).map(|(&c, &id)| c && id != 0).collect();
+        let asked: Vec<bool> = centres.shapes[..16].iter().map(|&c| c > 0).collect();
+        assert_eq!(asked, expected);
     }
 
     #[test]

@@ -46,9 +46,14 @@ impl AppearanceBatch {
         self.len() == 0
     }
 
+    /// The shape classes with an unscored token's [`NOT_SCORED`] read as class 0 (its loss weight is 0).
+    fn shape_targets(&self) -> Vec<i64> {
+        self.shapes.iter().map(|&c| if c == NOT_SCORED { 0 } else { c }).collect()
+    }
+
     fn check(&self, image_size: usize, grid: usize, classes: (usize, usize)) -> Result<usize, ImagePretrainError> {
-        let scored: Vec<i64> = self.shapes.iter().map(|&c| if c == NOT_SCORED { 0 } else { c }).collect();
-        let labels = [("shape", &scored[..], classes.0), ("colour", &self.colours[..], classes.1)];
+        let targets = self.shape_targets();
+        let labels = [("shape", &targets[..], classes.0), ("colour", &self.colours[..], classes.1)];
         let b = check_token_batch((self.image_size, self.grid), (image_size, grid), self.pixels.len(), &labels)?;
         let mismatched = |i: usize| {
             let (s, c) = (self.shapes[i], self.colours[i]);
@@ -117,7 +122,7 @@ pub fn appearance_loss(
     let weight = |c: i64| if c == 0 { 1.0 } else { object_weight };
     let colour_w: Vec<f32> = batch.colours.iter().map(|&c| weight(c)).collect();
     let shape_w: Vec<f32> = batch.shapes.iter().map(|&c| if c == NOT_SCORED { 0.0 } else { weight(c) }).collect();
-    let shapes: Vec<i64> = batch.shapes.iter().map(|&c| c.max(0)).collect();
+    let shapes = batch.shape_targets();
     let (shape_lp, colour_lp) = model.log_probs(batch.pixels, b, batch.image_size); // [N, S], [N, C]
     let shape = weighted_mean(token_nll(shape_lp, shapes), shape_w); // [1]
     Ok(shape + weighted_mean(token_nll(colour_lp, batch.colours), colour_w)) // [1]
@@ -276,17 +281,20 @@ mod tests {
         AppearanceBatch { image_size: p, grid, pixels, shapes, colours }
     }
 
+    /// The tiny preset's encoder with heads of 3 shape and 4 colour classes, seeded, and `n` squares on its grid.
+    fn model_and_squares(device: &Device, seed: u64, n: usize) -> (EncoderWithAppearanceHeads, AppearanceBatch) {
+        device.seed(seed);
+        let cfg = PerceptioConfig::tiny(64, 5);
+        let part = cfg.init_image(device);
+        let grid = token_grid(&part, cfg.vlm.vision.image_size);
+        let heads = TokenAppearanceHeads::init(cfg.vlm.text.hidden_size, 3, 4, device);
+        (EncoderWithAppearanceHeads { part, heads }, squares(&cfg, grid, n))
+    }
+
     #[test]
     fn pretraining_learns_shapes_and_colours_and_checks_batches() {
-        let device = Device::flex().autodiff();
-        device.seed(5);
-        let cfg = PerceptioConfig::tiny(64, 5);
-        let part = cfg.init_image(&device);
-        let p = cfg.vlm.vision.image_size;
-        let grid = token_grid(&part, p);
-        let heads = TokenAppearanceHeads::init(cfg.vlm.text.hidden_size, 3, 4, &device);
-        let model = EncoderWithAppearanceHeads { part, heads };
-        let batch = squares(&cfg, grid, 6);
+        let (model, batch) = model_and_squares(&Device::flex().autodiff(), 5, 6);
+        let grid = batch.grid;
         let before = appearance_accuracy(&model, &batch).unwrap();
         assert_eq!((before.objects, before.ground), (6, 6 * (grid * grid - 1)));
         let pcfg = ImagePretrainConfig::new().with_steps(80).with_batch_size(6).with_lr(3e-3);
@@ -322,15 +330,8 @@ mod tests {
 
     #[test]
     fn unscored_shapes_leave_the_shape_loss_and_the_shape_counts() {
-        let device = Device::flex();
-        device.seed(3);
-        let cfg = PerceptioConfig::tiny(64, 5);
-        let part = cfg.init_image(&device);
-        let p = cfg.vlm.vision.image_size;
-        let grid = token_grid(&part, p);
-        let heads = TokenAppearanceHeads::init(cfg.vlm.text.hidden_size, 3, 4, &device);
-        let model = EncoderWithAppearanceHeads { part, heads };
-        let batch = squares(&cfg, grid, 4);
+        let (model, batch) = model_and_squares(&Device::flex(), 3, 4);
+        let p = batch.image_size;
         let all = appearance_accuracy(&model, &batch).unwrap();
         assert_eq!((all.objects, all.shape_scored), (4, 4));
         // the first two objects' shapes not asked: colour still counts all four, shape the last two

@@ -108,7 +108,7 @@ impl EncoderKind {
     }
 }
 
-/// The sizes of one demo run.
+/// What one demo run does: the sizes of its stages and its image-encoder options.
 #[derive(Debug, Clone, Copy)]
 pub struct Plan {
     pub scenes: usize,
@@ -310,6 +310,9 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
 
     if plan.freeze_encoder {
+        if plan.appearance_steps == 0 {
+            println!("image encoder: kept fixed at its initial (random) weights: --appearance-steps is 0");
+        }
         let mut cfg = read_config(&init)?;
         cfg.trainable.vision_encoder = false;
         write_config(&init, &cfg)?;
