@@ -57,6 +57,10 @@ pub struct InitModelArgs {
     /// to SAM2's mask logits), as `perceptio demo` does.
     #[arg(long)]
     pub seg_grounding: bool,
+    /// Point answers state each marked point's depth level before the letter ("A 12, B 7, C 15. (C)"); the
+    /// vocabulary gets the chain's words (docs/points.md, section 8).
+    #[arg(long)]
+    pub point_reasoning: bool,
 }
 
 impl InitModelArgs {
@@ -66,6 +70,7 @@ impl InitModelArgs {
             cfg.align_image_with_depth_grid();
         }
         cfg.seg_grounding |= self.seg_grounding;
+        cfg.point_reasoning |= self.point_reasoning;
         if let Some(size) = self.image_size {
             cfg.vlm.vision.image_size = size;
         }

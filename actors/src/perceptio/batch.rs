@@ -12,7 +12,9 @@ use arrow::datatypes::{Field, Schema};
 use burn::tensor::{Device, Tensor, TensorData};
 use perceptio_models::depth::target::depth_target_from_png;
 use perceptio_models::perceptio::checkpoint::{TOKENIZER_FILE, read_config};
-use perceptio_models::perceptio::sequence::{SampleText, SequenceConfig, Task, build_sequence};
+use perceptio_models::perceptio::sequence::{
+    PointLevel, SampleText, SequenceConfig, Task, build_sequence, point_level,
+};
 use perceptio_models::perceptio::tokens::special_tokens;
 use perceptio_models::perceptio::{PerceptioConfig, Sequence, SpecialTokens};
 use perceptio_models::tokenizer::TextTokenizer;
@@ -27,6 +29,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::common::{StepInfo, TrainParams, latest_checkpoint, layout_columns};
+use super::score::{map_cell, marked_points};
 use super::state::TrainerState;
 use crate::image_decode::{decode_png_rgb, image_bytes};
 use perceptio_models::perceptio::image::encoder_input;
@@ -246,6 +249,31 @@ impl Preparer {
             .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
             .ok_or("column `depth_dependent` is missing or not boolean")?;
         let codes = depth_codes(batch, r)?;
+        let depth_map = || -> Result<Vec<f32>, String> {
+            let depth_col = batch.column_by_name("depth").ok_or("column `depth` is missing")?;
+            let scale = batch
+                .column_by_name("depth_scale")
+                .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
+                .ok_or("column `depth_scale` is missing or not float32")?
+                .value(r);
+            let png = image_bytes(depth_col, r).map_err(|e| format!("depth: {e}"))?;
+            depth_target_from_png(png, scale, self.depth_size).map_err(|e| format!("depth: {e}"))
+        };
+        // the point chain of thought states the target map's level at each marked point
+        let mut target = None;
+        let marks = if task == Task::Points && self.sequence.point_reasoning {
+            let m = marked_points(batch, r)?;
+            let map = target.insert(depth_map()?);
+            let side = self.depth_size as i64;
+            let levels: Vec<u32> =
+                m.points.iter().map(|&(x, y)| point_level(map[map_cell(x, y, m.width, m.height, side)])).collect();
+            Some((m.labels, levels))
+        } else {
+            None
+        };
+        let points: Option<Vec<PointLevel>> = marks.as_ref().map(|(labels, levels)| {
+            labels.iter().zip(levels).map(|(label, &level)| PointLevel { label, level }).collect()
+        });
         let sample = SampleText {
             id: &id,
             task,
@@ -254,6 +282,7 @@ impl Preparer {
             expression: text("expression")?,
             depth_dependent: dd.value(r),
             depth_codes: codes.as_deref(),
+            points: points.as_deref(),
         };
         let Some(seq) =
             build_sequence(&self.tokenizer, &self.specials, &self.sequence, &sample).map_err(|e| e.to_string())?
@@ -275,15 +304,11 @@ impl Preparer {
         if seq.seg_pos.is_some() && !mask.iter().any(|&v| v > 0.5) {
             return Err("the answer has [SEG] but the row has no (or an empty) target mask".into());
         }
-        let depth_col = batch.column_by_name("depth").ok_or("column `depth` is missing")?;
-        let scale = batch
-            .column_by_name("depth_scale")
-            .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
-            .ok_or("column `depth_scale` is missing or not float32")?
-            .value(r);
         let depth = if seq.depth_start.is_some() {
-            let png = image_bytes(depth_col, r).map_err(|e| format!("depth: {e}"))?;
-            depth_target_from_png(png, scale, self.depth_size).map_err(|e| format!("depth: {e}"))?
+            match target {
+                Some(map) => map,
+                None => depth_map()?,
+            }
         } else {
             vec![0.0; self.depth_size * self.depth_size]
         };

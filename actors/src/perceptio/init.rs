@@ -11,6 +11,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use perceptio_models::depth::train::{TrainState, load_checkpoint, save_checkpoint};
 use perceptio_models::depth::{VqVae, VqVaeConfig};
 use perceptio_models::perceptio::checkpoint::{TOKENIZER_FILE, save_model};
+use perceptio_models::perceptio::sequence::point_chain_vocabulary;
 use perceptio_models::perceptio::tokens::{base_vocab_size, build_word_tokenizer, special_tokens};
 use perceptio_models::perceptio::{Perceptio, PerceptioConfig};
 
@@ -71,7 +72,8 @@ pub fn init_tiny_model(
 }
 
 /// [`init_tiny_model`] with `adjust` applied to the tiny preset before any weight is drawn (sizes to experiment
-/// with); the adjusted config is validated.
+/// with); the adjusted config is validated. When it turns on `point_reasoning`, the vocabulary also holds the
+/// point chain's words.
 pub fn init_tiny_model_with(
     texts: &[String],
     vqvae: &Path,
@@ -81,8 +83,11 @@ pub fn init_tiny_model_with(
 ) -> Result<(PerceptioConfig, Perceptio), InitError> {
     let device = Device::flex();
     let (vq, vq_cfg) = load_checkpoint(vqvae, &device).map_err(|e| file_err(vqvae, e))?;
-    let tokenizer = build_word_tokenizer(texts.iter().map(String::as_str), vq_cfg.num_codes, 1)
-        .map_err(|e| InitError::Other(e.to_string()))?;
+    let mut wants = PerceptioConfig::tiny(2, 1);
+    adjust(&mut wants);
+    let chain = wants.point_reasoning.then(point_chain_vocabulary);
+    let corpus = texts.iter().map(String::as_str).chain(chain.as_deref());
+    let tokenizer = build_word_tokenizer(corpus, vq_cfg.num_codes, 1).map_err(|e| InitError::Other(e.to_string()))?;
     let specials = special_tokens(&tokenizer, vq_cfg.num_codes).map_err(|e| InitError::Other(e.to_string()))?;
     let base = base_vocab_size(&tokenizer, vq_cfg.num_codes);
     let mut cfg = PerceptioConfig::tiny(base, specials.image_context as usize);

@@ -535,6 +535,13 @@ pub fn marked_points(batch: &RecordBatch, r: usize) -> Result<MarkedPoints, Stri
     Ok(MarkedPoints { width: w, height: h, points, labels })
 }
 
+/// The index of the pixel of a `side` x `side` map that holds the centre of pixel (x, y) of a `w` x `h` image
+/// (x, y inside the image).
+pub fn map_cell(x: i64, y: i64, w: i64, h: i64, side: i64) -> usize {
+    let (col, row) = ((2 * x + 1) * side / (2 * w), (2 * y + 1) * side / (2 * h));
+    (row * side + col) as usize
+}
+
 /// The label of the marked point the `side` x `side` depth map `map` (+1 = nearest) puts nearest: the largest
 /// value at the map pixel under each point's pixel centre.
 fn nearest_marked_point(batch: &RecordBatch, r: usize, map: &[f32], side: usize) -> Result<String, String> {
@@ -542,9 +549,7 @@ fn nearest_marked_point(batch: &RecordBatch, r: usize, map: &[f32], side: usize)
     let s = side as i64;
     let mut best: Option<(usize, f32)> = None;
     for (k, &(x, y)) in points.iter().enumerate() {
-        // the map pixel that holds the point's pixel centre
-        let (col, row) = ((2 * x + 1) * s / (2 * w), (2 * y + 1) * s / (2 * h));
-        let v = map[(row * s + col) as usize];
+        let v = map[map_cell(x, y, w, h, s)];
         if best.is_none_or(|(_, b)| v > b) {
             best = Some((k, v));
         }

@@ -82,9 +82,10 @@ pub fn read_config(dir: &Path) -> Result<PerceptioConfig, CheckpointError> {
 }
 
 /// `perceptio.json` fields (dotted paths) that older model directories lack, with the value they mean there.
-fn added_fields() -> [(&'static str, serde_json::Value); 3] {
+fn added_fields() -> [(&'static str, serde_json::Value); 4] {
     [
         ("image_last", false.into()),
+        ("point_reasoning", false.into()),
         ("sam2.prompt_encoder_config.scale", 1.0.into()),
         ("vlm.vision.conv_stem", serde_json::Value::Array(Vec::new())),
     ]
@@ -193,14 +194,18 @@ mod tests {
         assert_eq!((older.image_last, older.sam2.prompt_encoder_config.scale), (false, 1.0));
         // and one from before the InternViT's `conv_stem`
         value["vlm"]["vision"].as_object_mut().unwrap().remove("conv_stem").unwrap();
+        // and the point chain of thought
+        value.as_object_mut().unwrap().remove("point_reasoning").unwrap();
         std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
         let oldest = read_config(dir.path()).unwrap();
         assert!(oldest.vlm.vision.conv_stem.is_empty());
+        assert!(!oldest.point_reasoning && !oldest.sequence_config().point_reasoning);
         assert_eq!(oldest.vlm.vision, cfg.vlm.vision);
         assert_eq!(old.image_tokens(), cfg.image_tokens());
         // a field of the wrong type is still an error naming the file, with serde's line and column
         value["sam2"]["prompt_encoder_config"].as_object_mut().unwrap().insert("scale".into(), 1.0.into());
         value["vlm"]["vision"].as_object_mut().unwrap().insert("conv_stem".into(), serde_json::json!([]));
+        value.as_object_mut().unwrap().insert("point_reasoning".into(), false.into());
         value.as_object_mut().unwrap().insert("image_last".into(), "yes".into());
         std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
         let err = read_config(dir.path()).unwrap_err().to_string();

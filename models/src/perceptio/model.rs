@@ -54,6 +54,10 @@ pub struct PerceptioConfig {
     /// comes pretrained; on for models whose SAM2 starts from scratch, such as the demo's.
     #[config(default = false)]
     pub seg_grounding: bool,
+    /// Point answers state each marked point's depth level before the letter (`SequenceConfig::point_reasoning`);
+    /// the tokenizer must hold the chain's words (`sequence::point_chain_vocabulary`).
+    #[config(default = false)]
+    pub point_reasoning: bool,
 }
 
 /// Errors of building or running the model.
@@ -107,6 +111,7 @@ impl PerceptioConfig {
         super::sequence::SequenceConfig::new(self.image_tokens())
             .with_span_len(self.vqvae.num_tokens())
             .with_image_last(self.image_last)
+            .with_point_reasoning(self.point_reasoning)
     }
 
     /// Number of K depth codes (the VQ-VAE codebook size).

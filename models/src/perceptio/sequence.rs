@@ -27,6 +27,12 @@ pub enum SequenceError {
     ImageTokens { id: String, found: usize, expected: usize },
     #[error("sample {id}: the answer needs a depth span but the sample has no depth codes")]
     MissingCodes { id: String },
+    #[error(
+        "sample {id}: the point chain of thought needs the marked points' labels and depth levels, but the sample has none"
+    )]
+    MissingPoints { id: String },
+    #[error("sample {id}: point {label} has depth level {level}, above the highest ({max})")]
+    BadLevel { id: String, label: String, level: u32, max: u32 },
     #[error("sample {id}: depth code {value} at position {index} is out of range (codebook size {num_codes})")]
     BadCode { id: String, index: usize, value: u32, num_codes: usize },
     #[error("sample {id}: {len} tokens is longer than max_len {max_len}")]
@@ -90,6 +96,43 @@ pub struct SequenceConfig {
     /// The image block after the question (see [`chat_prompt_with`]); InternVL puts it first.
     #[config(default = false)]
     pub image_last: bool,
+    /// Point answers state a chain of thought before the letter: after the span (if any), each marked point's
+    /// label and the depth map's level at it ([`point_chain`]).
+    #[config(default = false)]
+    pub point_reasoning: bool,
+}
+
+/// Depth levels of the point chain of thought: 0 is the image's farthest depth, `POINT_LEVELS - 1` its nearest.
+pub const POINT_LEVELS: u32 = 20;
+
+/// One marked point as the chain of thought states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointLevel<'a> {
+    /// The marker's letter ("A").
+    pub label: &'a str,
+    /// The depth map's level at the point, `0..POINT_LEVELS` (larger = nearer).
+    pub level: u32,
+}
+
+/// The level of a depth-map value `v` in the model's target units ([-1, 1], +1 = nearest).
+pub fn point_level(v: f32) -> u32 {
+    let top = (POINT_LEVELS - 1) as f32;
+    (((v.clamp(-1.0, 1.0) + 1.0) / 2.0) * top).round() as u32
+}
+
+/// The chain of thought of a point answer: "A 12, B 7, C 15." (each point's label and depth level, in order).
+/// The text answer follows it, so the letter is chosen by comparing a few numbers the model has just written.
+pub fn point_chain(points: &[PointLevel]) -> String {
+    let parts: Vec<String> = points.iter().map(|p| format!("{} {}", p.label, p.level)).collect();
+    format!("{}.", parts.join(", "))
+}
+
+/// Every word the point chain can use (for building a word-level vocabulary that holds them).
+pub fn point_chain_vocabulary() -> String {
+    let labels = ["A", "B", "C", "D", "E"];
+    let points: Vec<PointLevel> =
+        (0..POINT_LEVELS).map(|level| PointLevel { label: labels[level as usize % labels.len()], level }).collect();
+    point_chain(&points)
 }
 
 /// The text fields of one dataset row.
@@ -103,6 +146,9 @@ pub struct SampleText<'a> {
     pub depth_dependent: bool,
     /// Code indices `0..K` of the depth map (None when the row has not been encoded).
     pub depth_codes: Option<&'a [u32]>,
+    /// Point questions: the marked points in letter order with their depth levels (needed only when
+    /// [`SequenceConfig::point_reasoning`] is on).
+    pub points: Option<&'a [PointLevel<'a>]>,
 }
 
 /// The router's view of a generated answer.
@@ -180,8 +226,21 @@ struct AnswerPlan {
     text: String,
 }
 
-fn plan(cfg: &SequenceConfig, s: &SampleText) -> Option<AnswerPlan> {
-    match s.task {
+fn plan(cfg: &SequenceConfig, s: &SampleText) -> Result<Option<AnswerPlan>, SequenceError> {
+    if s.task == Task::Points && cfg.point_reasoning {
+        let points = s.points.ok_or_else(|| SequenceError::MissingPoints { id: s.id.to_string() })?;
+        if let Some(p) = points.iter().find(|p| p.level >= POINT_LEVELS) {
+            return Err(SequenceError::BadLevel {
+                id: s.id.to_string(),
+                label: p.label.to_string(),
+                level: p.level,
+                max: POINT_LEVELS - 1,
+            });
+        }
+        let text = format!("{} {}", point_chain(points), s.answer);
+        return Ok(Some(AnswerPlan { seg: false, span: cfg.depth_tokens, text }));
+    }
+    Ok(match s.task {
         Task::Referring => {
             cfg.seg_tokens.then(|| AnswerPlan { seg: true, span: cfg.depth_tokens, text: referring_text(s.expression) })
         }
@@ -190,7 +249,7 @@ fn plan(cfg: &SequenceConfig, s: &SampleText) -> Option<AnswerPlan> {
         Task::Vqa => {
             Some(AnswerPlan { seg: false, span: cfg.depth_tokens && s.depth_dependent, text: s.answer.to_string() })
         }
-    }
+    })
 }
 
 /// The answer ids of a sample (everything after the prompt): `[SEG]`?, `<d_start> codes <d_end>`?, text,
@@ -201,7 +260,7 @@ pub fn answer_ids(
     cfg: &SequenceConfig,
     s: &SampleText,
 ) -> Result<Option<Vec<u32>>, SequenceError> {
-    let Some(plan) = plan(cfg, s) else { return Ok(None) };
+    let Some(plan) = plan(cfg, s)? else { return Ok(None) };
     let mut ids = Vec::new();
     if plan.seg {
         ids.push(sp.seg);
@@ -299,7 +358,8 @@ mod tests {
         TOK.get_or_init(|| {
             let corpus =
                 [REFER_Q, "Sure, [SEG].", "the small red cube", POINTS_Q, "(A)", "(B)", "(C)", DEPTH_Q, VQA_Q, "yes"];
-            let corpus = corpus.into_iter().chain([VQA_Q2, "red", "no"]);
+            let chain = point_chain_vocabulary();
+            let corpus = corpus.into_iter().chain([VQA_Q2, "red", "no", chain.as_str()]);
             let tok = build_word_tokenizer(corpus, K, 1).unwrap();
             let sp = special_tokens(&tok, K).unwrap();
             (tok, sp)
@@ -317,7 +377,16 @@ mod tests {
             Task::Depth => (DEPTH_Q, "", None, true),
             Task::Vqa => (VQA_Q, "yes", None, true),
         };
-        SampleText { id: "s0-0000001-x-0", task, question, answer, expression, depth_dependent, depth_codes: codes }
+        SampleText {
+            id: "s0-0000001-x-0",
+            task,
+            question,
+            answer,
+            expression,
+            depth_dependent,
+            depth_codes: codes,
+            points: None,
+        }
     }
 
     fn text_ids(text: &str) -> Vec<u32> {
@@ -458,6 +527,46 @@ mod tests {
         assert!(answer(&cfg(), &SampleText { depth_codes: None, ..flat }).is_some());
         let q = answer(&no_depth, &s).unwrap();
         assert_eq!(q.ids[q.prompt_len..], tail("yes"));
+    }
+
+    #[test]
+    fn point_reasoning_states_each_level_before_the_letter() {
+        let (tok, sp) = tok();
+        assert_eq!((point_level(-1.0), point_level(1.0), point_level(0.0), point_level(0.04)), (0, 19, 10, 10));
+        assert_eq!((point_level(-3.0), point_level(f32::INFINITY)), (0, 19));
+        let points = [
+            PointLevel { label: "A", level: 3 },
+            PointLevel { label: "B", level: 17 },
+            PointLevel { label: "C", level: 0 },
+        ];
+        assert_eq!(point_chain(&points), "A 3, B 17, C 0.");
+        let codes: Vec<u32> = (0..100).map(|i| (i * 3 % K) as u32).collect();
+        let span: Vec<u32> =
+            [sp.d_start].into_iter().chain(codes.iter().map(|&c| sp.code(c as usize))).chain([sp.d_end]).collect();
+        let chained = cfg().with_point_reasoning(true);
+        let s = SampleText { points: Some(&points), ..sample(Task::Points, Some(&codes)) };
+        let q = build_sequence(tok, sp, &chained, &s).unwrap().unwrap();
+        let text: Vec<u32> = text_ids("A 3, B 17, C 0. (B)").into_iter().chain([sp.im_end]).collect();
+        assert!(!text.contains(&tok.token_id("[UNK]").unwrap()), "the chain's words are in the vocabulary");
+        assert_eq!(q.ids[q.prompt_len..], [span, text.clone()].concat());
+        // the span keeps its place right after the prompt, so every code stays at one distance from its image token
+        assert_eq!((q.depth_start, q.depth_end), (Some(q.prompt_len), Some(q.prompt_len + 101)));
+        let q = build_sequence(tok, sp, &chained.clone().with_depth_tokens(false), &s).unwrap().unwrap();
+        assert_eq!(q.ids[q.prompt_len..], text);
+        // and the router gives the whole chain back as the answer text, whose first "(X)" is the letter
+        assert_eq!(parse_answer(tok, sp, &q.ids[q.prompt_len..]).text, "A 3, B 17, C 0. (B)");
+        // off by default: the plain answer
+        let q = build_sequence(tok, sp, &cfg(), &s).unwrap().unwrap();
+        assert_eq!(q.ids[q.prompt_len + 102..], text_ids("(B)").into_iter().chain([sp.im_end]).collect::<Vec<_>>());
+
+        let err = build_sequence(tok, sp, &chained, &sample(Task::Points, Some(&codes))).unwrap_err();
+        assert!(matches!(&err, SequenceError::MissingPoints { id } if id == s.id), "{err}");
+        let high = [PointLevel { label: "D", level: POINT_LEVELS }];
+        let err = build_sequence(tok, sp, &chained, &SampleText { points: Some(&high), ..s }).unwrap_err();
+        assert!(err.to_string().contains("point D has depth level 20, above the highest (19)"), "{err}");
+        // other tasks ignore the switch
+        let v = sample(Task::Vqa, Some(&codes));
+        assert_eq!(build_sequence(tok, sp, &chained, &v).unwrap(), build_sequence(tok, sp, &cfg(), &v).unwrap());
     }
 
     #[test]

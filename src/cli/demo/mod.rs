@@ -64,6 +64,10 @@ pub struct DemoArgs {
     /// with the tasks, it loses what that stage taught it (docs/points.md, sections 2 and 7).
     #[arg(long)]
     pub freeze_encoder: bool,
+    /// Both models answer point questions with a chain of thought: each marked point's depth level, then the
+    /// letter ("A 12, B 7, C 15. (C)"; docs/points.md, section 8).
+    #[arg(long)]
+    pub point_reasoning: bool,
     /// Segmenter (SAM2) pretraining steps on the world's masks before Perceptio training (default 300, or 20
     /// with --quick; 0 skips the stage).
     #[arg(long)]
@@ -117,6 +121,7 @@ pub struct Plan {
     pub shape_target: ShapeTarget,
     pub encoder: EncoderKind,
     pub freeze_encoder: bool,
+    pub point_reasoning: bool,
     pub sam2_steps: usize,
     pub depth_steps: usize,
     pub steps: usize,
@@ -134,6 +139,7 @@ impl DemoArgs {
             shape_target: self.shape_target,
             encoder: self.encoder,
             freeze_encoder: self.freeze_encoder,
+            point_reasoning: self.point_reasoning,
             sam2_steps: self.sam2_steps.unwrap_or(if q { 20 } else { 300 }),
             depth_steps: self.depth_steps.unwrap_or(if q { 10 } else { 300 }),
             steps: self.steps.unwrap_or(if q { 30 } else { 250 }),
@@ -280,6 +286,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         plan.encoder.apply(cfg);
         cfg.align_image_with_depth_grid();
         cfg.seg_grounding = true;
+        cfg.point_reasoning = plan.point_reasoning;
     };
     let (model_cfg, _) = init_tiny_model_with(&texts, &vqvae, &init, args.seed, &demo_layout)?;
     report.model = Some(model_cfg);

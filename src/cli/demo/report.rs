@@ -342,6 +342,9 @@ impl Report {
         if p.freeze_encoder {
             flags += " --freeze-encoder";
         }
+        if p.point_reasoning {
+            flags += " --point-reasoning";
+        }
         let _ = writeln!(
             s,
             "Command: `perceptio demo{}` (seed {}): {} scenes, depth tokenizer {} steps,{} segmenter {} steps, \
@@ -562,6 +565,7 @@ mod tests {
             shape_target: ShapeTarget::Tokens,
             encoder: EncoderKind::Vit,
             freeze_encoder: false,
+            point_reasoning: false,
             sam2_steps: 1,
             depth_steps: 1,
             steps: 1,
@@ -580,6 +584,7 @@ mod tests {
             shape_target: ShapeTarget::Centres,
             encoder: EncoderKind::Hybrid,
             freeze_encoder: true,
+            point_reasoning: true,
             ..plan()
         };
         let mut r = Report::new(true, 3, p);
@@ -587,7 +592,7 @@ mod tests {
             Some(AppearanceSummary { first_loss: 2.0, last_loss: 1.0, window: 1, secs: 4.0, held_out: None });
         let md = r.markdown(out);
         let cmd = "`perceptio demo --quick --appearance-steps 5 --shape-target centres --encoder hybrid \
-                   --freeze-encoder` (seed 3)";
+                   --freeze-encoder --point-reasoning` (seed 3)";
         assert!(md.contains(cmd), "{md}");
         assert!(md.contains("The InternViT (with its convolutional stem) and projector"), "{md}");
         assert!(md.contains("at each object's centre, its shape"), "{md}");
