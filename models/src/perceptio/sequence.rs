@@ -226,25 +226,29 @@ struct AnswerPlan {
     text: String,
 }
 
-fn plan(cfg: &SequenceConfig, s: &SampleText) -> Result<Option<AnswerPlan>, SequenceError> {
-    if s.task == Task::Points && cfg.point_reasoning {
-        let points = s.points.ok_or_else(|| SequenceError::MissingPoints { id: s.id.to_string() })?;
-        if let Some(p) = points.iter().find(|p| p.level >= POINT_LEVELS) {
-            return Err(SequenceError::BadLevel {
-                id: s.id.to_string(),
-                label: p.label.to_string(),
-                level: p.level,
-                max: POINT_LEVELS - 1,
-            });
-        }
-        let text = format!("{} {}", point_chain(points), s.answer);
-        return Ok(Some(AnswerPlan { seg: false, span: cfg.depth_tokens, text }));
+/// The text of a point answer: the letter, after the chain of thought when `cfg` asks for one.
+fn points_text(cfg: &SequenceConfig, s: &SampleText) -> Result<String, SequenceError> {
+    if !cfg.point_reasoning {
+        return Ok(s.answer.to_string());
     }
+    let points = s.points.ok_or_else(|| SequenceError::MissingPoints { id: s.id.to_string() })?;
+    if let Some(p) = points.iter().find(|p| p.level >= POINT_LEVELS) {
+        return Err(SequenceError::BadLevel {
+            id: s.id.to_string(),
+            label: p.label.to_string(),
+            level: p.level,
+            max: POINT_LEVELS - 1,
+        });
+    }
+    Ok(format!("{} {}", point_chain(points), s.answer))
+}
+
+fn plan(cfg: &SequenceConfig, s: &SampleText) -> Result<Option<AnswerPlan>, SequenceError> {
     Ok(match s.task {
         Task::Referring => {
             cfg.seg_tokens.then(|| AnswerPlan { seg: true, span: cfg.depth_tokens, text: referring_text(s.expression) })
         }
-        Task::Points => Some(AnswerPlan { seg: false, span: cfg.depth_tokens, text: s.answer.to_string() }),
+        Task::Points => Some(AnswerPlan { seg: false, span: cfg.depth_tokens, text: points_text(cfg, s)? }),
         Task::Depth => cfg.depth_tokens.then(|| AnswerPlan { seg: false, span: true, text: String::new() }),
         Task::Vqa => {
             Some(AnswerPlan { seg: false, span: cfg.depth_tokens && s.depth_dependent, text: s.answer.to_string() })
