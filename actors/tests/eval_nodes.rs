@@ -530,6 +530,9 @@ fn score_reads_the_answer_off_the_predicted_depth_map() {
     assert!((p.average.unwrap() - 0.25).abs() < 1e-12, "{:?}", p.average);
     assert!((p.from_depth_map.unwrap() - 0.75).abs() < 1e-12, "{:?}", p.from_depth_map);
     assert_eq!((p.samples, p.with_depth_span, p.with_depth_map), (3, 3, 3));
+    // each question's outcome, by its sample id, for comparing two models question by question
+    let outcomes: Vec<(&str, u32, bool)> = p.answers.iter().map(|a| (a.id.as_str(), a.points, a.correct)).collect();
+    assert_eq!(outcomes, vec![("p-0", 3, false), ("p-1", 3, true), ("p-2", 4, false)]);
     let md = scorer.table().markdown();
     assert!(
         md.contains("| points | average accuracy read off its depth map (%) | 75.0 | 3 with a depth map |"),

@@ -24,7 +24,7 @@ nothing can be memorised; accuracy is the arg-max letter on 512 held-out samples
 Measured on 2026-11-25 (2 CPU cores, torch 2.15, batch 8): see docs/points.md section 8.
 
 Run: /tmp/pyv/bin/python scripts/experiments/point_answer_probe.py FORMAT STEPS   (torch in a venv outside the repo)
-Environment: SEED, LR (3e-3), BATCH (8), LAYERS (4), EVERY (250), GREEDY=1.
+Environment: SEED, LR (3e-3), BATCH (8), LAYERS (4), EVERY (250), GREEDY=1, SAME_CELL=1.
 """
 
 import math
@@ -49,6 +49,8 @@ QTOK0 = LEVEL0 + LEVELS  # question and header words
 VOCAB = QTOK0 + Q_LEN + 3
 IMG = -1  # marks image slots in the id sequence
 GREEDY = os.environ.get("GREEDY") == "1"
+# SAME_CELL=1 draws each letter in its point's own cell instead of the row above (one lookup hop fewer)
+SAME_CELL = os.environ.get("SAME_CELL") == "1"
 
 
 def depth_field(gen):
@@ -88,7 +90,7 @@ def sample(gen, fmt):
     letter = torch.zeros(G * G, dtype=torch.long)  # 0 = none, 1..5 = A..E
     circle = torch.zeros(G * G)
     for i, p in enumerate(pts):
-        letter[p - G] = i + 1
+        letter[p if SAME_CELL else p - G] = i + 1
         circle[p] = 1.0
     feats = torch.cat(
         [F.one_hot(letter, 6).float(), circle.view(-1, 1), depth.view(-1, 1)], dim=1

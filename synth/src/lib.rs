@@ -10,6 +10,7 @@ pub mod error;
 pub mod font;
 pub mod geom;
 pub mod metrics;
+pub mod paired;
 pub mod pictures;
 pub mod pipeline;
 pub mod preview;

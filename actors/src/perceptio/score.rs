@@ -13,6 +13,8 @@
 //!   same accuracy of the answer the map itself gives: the marked point where the map is nearest (the largest
 //!   value at the map pixel under `point_x`, `point_y` of the `width` x `height` image; ties go to the first
 //!   point). It says whether the chain of thought holds the answer that the text then has to give.
+//!   Every question's outcome is kept too (`answers`: sample id, point count, right or not), so that two models
+//!   can be compared question by question ([`PointsScore::paired_with`]).
 //! - **depth** (`task = depth`): the ground truth is the tokenizer target of the row's depth PNG
 //!   (`depth_target_from_png(depth, depth_scale, D)`, D = side of `pred_depth`, values in [-1, 1], +1 = nearest),
 //!   the model's target units. Per image: MSE over all D*D pixels in those units. Then both maps are mapped to
@@ -34,6 +36,7 @@
 //! Rows whose ground truth cannot be read (missing column, undecodable PNG, unknown task) go to `errors`.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -51,6 +54,7 @@ use perceptio_synth::metrics::{
     AnswerMetrics, MapMoments, MaskMetrics, PointMetrics, abs_rel, delta_accuracy, median_scale,
     relative_order_accuracy, sample_pairs,
 };
+use perceptio_synth::paired::PairedAnswer;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -130,6 +134,52 @@ pub struct PointsScore {
     /// right most often on these questions, always given.
     #[serde(default)]
     pub constant_answer_average: Option<f64>,
+    /// Every question's outcome, in the order scored, so that two models can be compared question by question.
+    #[serde(default)]
+    pub answers: Vec<PointAnswer>,
+}
+
+/// The outcome of one point question.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PointAnswer {
+    /// The row's `sample_id` ("row N", its place among the scored rows, where the column is absent or null).
+    pub id: String,
+    pub points: u32,
+    pub correct: bool,
+}
+
+impl PointsScore {
+    /// This model's answers paired with `other`'s on the same questions (matched by id), for
+    /// [`perceptio_synth::paired::paired_gap`]; an error names a question only one of them answered, or one whose
+    /// point count differs.
+    pub fn paired_with(&self, other: &PointsScore) -> Result<Vec<PairedAnswer>, String> {
+        let theirs: HashMap<&str, &PointAnswer> = other.answers.iter().map(|a| (a.id.as_str(), a)).collect();
+        let mine: HashSet<&str> = self.answers.iter().map(|a| a.id.as_str()).collect();
+        if theirs.len() != other.answers.len() || mine.len() != self.answers.len() {
+            return Err(format!(
+                "question ids repeat ({} answers with {} ids against {} with {}): cannot pair them",
+                self.answers.len(),
+                mine.len(),
+                other.answers.len(),
+                theirs.len()
+            ));
+        }
+        if self.answers.len() != other.answers.len() {
+            return Err(format!("{} answers against {}: not the same questions", self.answers.len(), theirs.len()));
+        }
+        self.answers
+            .iter()
+            .map(|mine| {
+                let Some(their) = theirs.get(mine.id.as_str()) else {
+                    return Err(format!("question `{}` was answered by one model only", mine.id));
+                };
+                if their.points != mine.points {
+                    return Err(format!("question `{}` has {} points, then {}", mine.id, mine.points, their.points));
+                }
+                Ok(PairedAnswer { points: mine.points, first_right: mine.correct, second_right: their.correct })
+            })
+            .collect()
+    }
 }
 
 /// Depth generation (see the module docs for the exact definitions).
@@ -438,6 +488,7 @@ pub struct Scorer {
     pending: Vec<(Vec<bool>, usize, usize)>,
     points: PointMetrics,
     points_with_span: u64,
+    point_answers: Vec<PointAnswer>,
     /// The answers the predicted depth maps give at the marked points, and how many rows had a map.
     points_from_map: PointMetrics,
     points_with_map: u64,
@@ -608,7 +659,13 @@ impl Scorer {
                     Some((map, side)) => Some(nearest_marked_point(batch, r, &map, side)?),
                     None => None,
                 };
-                self.points.add(n, Some(generated), truth);
+                let id = match batch.column_by_name("sample_id") {
+                    Some(_) => text(batch, "sample_id", r)?.map(str::to_string),
+                    None => None,
+                };
+                let id = id.unwrap_or_else(|| format!("row {}", self.rows));
+                let correct = self.points.add(n, Some(generated), truth);
+                self.point_answers.push(PointAnswer { id, points: n, correct });
                 self.points_with_span += u64::from(with_span);
                 if let Some(letter) = from_map {
                     self.points_from_map.add(n, Some(&format!("({letter})")), truth);
@@ -727,6 +784,7 @@ impl Scorer {
             }),
             most_common_count: most_common.map_or(0, |(_, n)| n),
             constant_answer_average: self.points.constant_answer_average(),
+            answers: self.point_answers.clone(),
             by_points,
         };
         let d = &self.depth;
@@ -896,5 +954,30 @@ mod tests {
         let expect = gt.iter().map(|&g| 4.0 * (g as f64).powi(2)).sum::<f64>() / 64.0;
         assert!((z.mse - expect).abs() < 1e-6, "{} vs {expect}", z.mse);
         assert!(z.order.unwrap() < 1e-9);
+    }
+
+    fn scored(answers: &[(&str, u32, bool)]) -> PointsScore {
+        let answers =
+            answers.iter().map(|&(id, points, correct)| PointAnswer { id: id.to_string(), points, correct }).collect();
+        PointsScore { answers, ..PointsScore::default() }
+    }
+
+    #[test]
+    fn point_answers_pair_by_id_and_refuse_different_questions() {
+        let full = scored(&[("q1", 3, true), ("q2", 4, false), ("q3", 5, true)]);
+        let ablation = scored(&[("q3", 5, false), ("q1", 3, true), ("q2", 4, true)]);
+        let pairs = full.paired_with(&ablation).unwrap();
+        let flat: Vec<(u32, bool, bool)> = pairs.iter().map(|p| (p.points, p.first_right, p.second_right)).collect();
+        assert_eq!(flat, vec![(3, true, true), (4, false, true), (5, true, false)]);
+
+        let missing = full.paired_with(&scored(&[("q1", 3, true), ("q2", 4, true), ("q9", 5, true)])).unwrap_err();
+        assert!(missing.contains("question `q3` was answered by one model only"), "{missing}");
+        let fewer = full.paired_with(&scored(&[("q1", 3, true)])).unwrap_err();
+        assert!(fewer.contains("3 answers against 1"), "{fewer}");
+        let count = full.paired_with(&scored(&[("q1", 4, true), ("q2", 4, true), ("q3", 5, true)])).unwrap_err();
+        assert!(count.contains("question `q1` has 3 points, then 4"), "{count}");
+        let repeated = scored(&[("q1", 3, true), ("q1", 3, true), ("q3", 5, true)]);
+        assert!(full.paired_with(&repeated).unwrap_err().contains("ids repeat"));
+        assert!(repeated.paired_with(&full).unwrap_err().contains("ids repeat"));
     }
 }

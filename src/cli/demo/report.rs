@@ -1,5 +1,6 @@
 //! The demo's `report.md`: what ran and how long it took, the depth tokenizer's validation, the results table of
-//! the full model against the no-depth-tokens ablation (as the paper's Tables 2 and 3), the goals, the training
+//! the full model against the no-depth-tokens ablation (as the paper's Tables 2 and 3), the goals (with the two
+//! models' point answers compared question by question, and a bootstrap interval for their gap), the training
 //! curves read back from each run's `metrics.parquet`, and sample answers.
 
 use std::fmt::Write as _;
@@ -10,9 +11,10 @@ use anyhow::Context;
 use arrow::array::{Array, Float64Array, UInt64Array};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use perceptio_actors::perceptio::aggregator::TERM_COLUMNS;
-use perceptio_actors::perceptio::score::EvalTable;
+use perceptio_actors::perceptio::score::{EvalTable, PointsScore};
 use perceptio_models::depth::train::ValMetrics;
 use perceptio_models::perceptio::PerceptioConfig;
+use perceptio_synth::paired::paired_gap;
 use perceptio_synth::pictures::write_png;
 
 use super::EncoderKind;
@@ -85,6 +87,37 @@ pub fn read_metrics(path: &Path) -> anyhow::Result<Curve> {
         }
     }
     Ok(curve)
+}
+
+/// Bootstrap resamples of the paired point-question comparison.
+pub const GAP_RESAMPLES: usize = 10_000;
+
+/// The report's sub-item comparing the two models' point answers question by question: who alone gets which right,
+/// and a 95% interval for the gap between their averages.
+fn paired_points_line(full: &PointsScore, ablation: &PointsScore, seed: u64) -> String {
+    let pairs = match full.paired_with(ablation) {
+        Ok(pairs) => pairs,
+        Err(e) => return format!("  - The two models' point answers cannot be compared question by question: {e}."),
+    };
+    let Some(g) = paired_gap(&pairs, GAP_RESAMPLES, seed) else {
+        return "  - No point question was answered by both models.".to_string();
+    };
+    let verdict = match (g.excludes_zero(), g.gap > 0.0) {
+        (true, true) => "it excludes 0, so the full model is ahead by more than sampling noise",
+        (true, false) => "it excludes 0, so the no-depth-tokens model is ahead by more than sampling noise",
+        (false, _) => "it includes 0, so on this many questions the two models cannot be told apart",
+    };
+    format!(
+        "  - Question by question ({} questions): only the full model is right on {}, only the no-depth-tokens \
+         model on {}. The gap's 95% interval ({} bootstrap resamples of the questions within each point count) is \
+         {:+.1} to {:+.1} points: {verdict}.",
+        g.questions,
+        g.only_first,
+        g.only_second,
+        g.resamples,
+        100.0 * g.low,
+        100.0 * g.high
+    )
 }
 
 /// The segmenter stage: point-prompted SAM2 IoU on held-out masks before and after pretraining.
@@ -238,6 +271,7 @@ impl Report {
                     100.0 * a,
                     100.0 * b
                 );
+                let _ = writeln!(s, "{}", paired_points_line(&full.table.points, &abl.table.points, self.seed));
             }
             _ => {
                 let _ = writeln!(s, "- Point questions: no point rows were evaluated.");
@@ -554,7 +588,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::Curve;
-    use super::{AppearanceSummary, EncoderKind, Report, ShapeTarget};
+    use super::{AppearanceSummary, EncoderKind, PointsScore, Report, ShapeTarget, paired_points_line};
     use crate::cli::demo::Plan;
 
     fn plan() -> Plan {
@@ -597,6 +631,41 @@ mod tests {
         assert!(md.contains("The InternViT (with its convolutional stem) and projector"), "{md}");
         assert!(md.contains("at each object's centre, its shape"), "{md}");
         assert!(md.contains("Perceptio training keeps the InternViT fixed"), "{md}");
+    }
+
+    /// Point answers of ids q0.. at `points` marked points, right where `right` says.
+    fn answered(points: u32, right: &[bool]) -> PointsScore {
+        use perceptio_actors::perceptio::score::PointAnswer;
+        let answers = right
+            .iter()
+            .enumerate()
+            .map(|(i, &correct)| PointAnswer { id: format!("q{i}"), points, correct })
+            .collect();
+        PointsScore { answers, ..PointsScore::default() }
+    }
+
+    #[test]
+    fn the_paired_point_line_counts_the_questions_only_one_model_gets_right() {
+        // 60 questions: the full model right on the first 40, the ablation on the first 10
+        let full = answered(3, &(0..60).map(|i| i < 40).collect::<Vec<_>>());
+        let ablation = answered(3, &(0..60).map(|i| i < 10).collect::<Vec<_>>());
+        let line = paired_points_line(&full, &ablation, 0);
+        assert!(
+            line.contains("(60 questions): only the full model is right on 30, only the no-depth-tokens model on 0")
+        );
+        assert!(line.contains("so the full model is ahead by more than sampling noise"), "{line}");
+        // a gap of one question in 60 cannot be told from noise
+        let near = answered(3, &(0..60).map(|i| i < 11).collect::<Vec<_>>());
+        let line = paired_points_line(&near, &ablation, 0);
+        assert!(line.contains("right on 1, only the no-depth-tokens model on 0"), "{line}");
+        assert!(
+            line.contains("it includes 0, so on this many questions the two models cannot be told apart"),
+            "{line}"
+        );
+        // different questions are said to be so, not compared
+        let other = answered(3, &[true; 59]);
+        let line = paired_points_line(&full, &other, 0);
+        assert!(line.contains("cannot be compared question by question: 60 answers against 59"), "{line}");
     }
 
     fn curve(steps: &[f64], terms: &[(&str, &[Option<f64>])]) -> Curve {
