@@ -17,14 +17,16 @@ Answer formats (FORMAT):
 - readout-nospan: the same chain without the span (its ablation)
 - where:   span, then per letter "L row col level" (the point's cell, then its level), then "( X )"
 - where-nospan: the same chain without the span
+- recall:  no image; the pairs "L level" in a random order where the image would be, then the readout chain
 Every answer token is supervised (codes in a term of their own, as in our loss). Fresh samples every step, so
 nothing can be memorised; accuracy is the arg-max letter on 512 held-out samples, teacher-forced up to the letter
 (the chain before it is the model's own only with GREEDY=1).
 
-Measured on 2026-11-25 (2 CPU cores, torch 2.15, batch 8): see docs/points.md section 8.
+Measured on 2026-11-25 (2 CPU cores, torch 2.15): see docs/points.md sections 8 and 9.
 
 Run: /tmp/pyv/bin/python scripts/experiments/point_answer_probe.py FORMAT STEPS   (torch in a venv outside the repo)
-Environment: SEED, LR (3e-3), BATCH (8), LAYERS (4), EVERY (250), GREEDY=1, SAME_CELL=1.
+Environment: SEED, LR (3e-3), BATCH (8), LAYERS (4), EVERY (250), GREEDY=1, SAME_CELL=1, TIE=1, PRETRAIN=N
+(N steps of the text-only `recall` format first: the letter-level pairs stated where the image would be).
 """
 
 import math
@@ -51,6 +53,9 @@ IMG = -1  # marks image slots in the id sequence
 GREEDY = os.environ.get("GREEDY") == "1"
 # SAME_CELL=1 draws each letter in its point's own cell instead of the row above (one lookup hop fewer)
 SAME_CELL = os.environ.get("SAME_CELL") == "1"
+# TIE=1 adds the LLM's own input embedding of a cell's letter to that image token (as if the projector had been
+# taught to map a drawn letter onto the word for it), so the chain's letter and its image token share a vector
+TIE = os.environ.get("TIE") == "1"
 
 
 def depth_field(gen):
@@ -97,7 +102,14 @@ def sample(gen, fmt):
     )  # [100, 8]
     closest = min(range(n), key=lambda i: depth[pts[i]])
     level = (depth * (LEVELS - 1)).round().long()
-    ids = list(range(QTOK0, QTOK0 + Q_LEN)) + [IMG] * (G * G) + [QTOK0 + Q_LEN + k for k in range(3)]
+    if fmt == "recall":
+        # text only: the (letter, level) pairs in a random order where the image would be, then the readout chain
+        pairs = torch.randperm(n, generator=gen).tolist()
+        told = [t for i in pairs for t in (LETTER0 + i, LEVEL0 + int(level[pts[i]]))]
+        ids = list(range(QTOK0, QTOK0 + Q_LEN)) + told + [QTOK0 + Q_LEN + k for k in range(3)]
+        fmt = "readout-nospan"
+    else:
+        ids = list(range(QTOK0, QTOK0 + Q_LEN)) + [IMG] * (G * G) + [QTOK0 + Q_LEN + k for k in range(3)]
     start = len(ids)
     if fmt in ("span", "coords", "readout", "where"):
         ids += [D_START] + [CODE0 + int(v) for v in level] + [D_END]
@@ -160,10 +172,19 @@ class Llm(nn.Module):
     def forward(self, ids, feats):
         img = ids == IMG
         x = self.embed(ids.clamp(min=0))
-        x[img] = (self.proj(feats) + self.pos).reshape(-1, x.shape[-1])
+        if not img.any():  # text only (the recall format)
+            return self.head(self.norm(self.run_blocks(x)))
+        tokens = self.proj(feats) + self.pos  # [B, 100, d]
+        if TIE:
+            letter = feats[..., 1:6]  # one-hot A..E, zero where no letter
+            tokens = tokens + letter @ self.embed.weight[LETTER0 : LETTER0 + 5]
+        x[img] = tokens.reshape(-1, x.shape[-1])
+        return self.head(self.norm(self.run_blocks(x)))
+
+    def run_blocks(self, x):
         for blk in self.blocks:
             x = blk(x)
-        return self.head(self.norm(x))
+        return x
 
 
 def make_batch(gen, fmt, n):
@@ -210,11 +231,18 @@ def accuracy(model, batch):
     logits = model(ids, feats)
     # the chain's tokens (coordinates or levels, after the span), teacher-forced
     chain_ok, chain_n = 0, 0
+    # the spoken levels alone: exactly right, and within one level (is the lookup there but imprecise?)
+    level_ok, level_near, level_n = 0, 0, 0
     for i, r in enumerate(rows):
         own = r[2] + (102 if ids[i, r[2]] == D_START else 0)
         for t in range(own, r[3] - 1):
             chain_ok += int(logits[i, t - 1].argmax() == truth[i, t])
             chain_n += 1
+            if LEVEL0 <= truth[i, t] < LEVEL0 + LEVELS:
+                guess = int(logits[i, t - 1, LEVEL0 : LEVEL0 + LEVELS].argmax())
+                level_ok += int(guess == truth[i, t] - LEVEL0)
+                level_near += int(abs(guess - int(truth[i, t] - LEVEL0)) <= 1)
+                level_n += 1
     hits, by_n = 0, {}
     for i, (_, _, _, lp, closest, n) in enumerate(rows):
         pred = int(logits[i, lp - 1, LETTER0 : LETTER0 + n].argmax())
@@ -223,18 +251,28 @@ def accuracy(model, batch):
         by_n.setdefault(n, []).append(ok)
     per_n = {n: 100.0 * sum(v) / len(v) for n, v in sorted(by_n.items())}
     chain = 100.0 * chain_ok / chain_n if chain_n else float("nan")
-    return 100.0 * hits / len(rows), sum(per_n.values()) / len(per_n), chain
+    levels = (100.0 * level_ok / level_n, 100.0 * level_near / level_n) if level_n else (float("nan"),) * 2
+    return 100.0 * hits / len(rows), sum(per_n.values()) / len(per_n), chain, levels
 
 
 def main():
     fmt = sys.argv[1] if len(sys.argv) > 1 else "span"
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
     seed = int(os.environ.get("SEED", 0))
+    torch.manual_seed(seed)
+    model = Llm(layers=int(os.environ.get("LAYERS", 4)))
+    pretrain = int(os.environ.get("PRETRAIN", 0))
+    if pretrain > 0:
+        # a text-only stage first: recall each letter's level from pairs stated in the prompt (what a pretrained
+        # LLM brings: heads that look a value up by its key)
+        train(model, "recall", pretrain, seed)
+    train(model, fmt, steps, seed)
+
+
+def train(model, fmt, steps, seed):
     lr = float(os.environ.get("LR", 3e-3))
     bs = int(os.environ.get("BATCH", 8))
     every = int(os.environ.get("EVERY", 250))
-    torch.manual_seed(seed)
-    model = Llm(layers=int(os.environ.get("LAYERS", 4)))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = min(100, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -252,10 +290,11 @@ def main():
         sched.step()
         losses.append(loss.item())
         if step % every == 0 or step == steps:
-            acc, avg, chain = accuracy(model, held)
+            acc, avg, chain, (level_exact, level_near) = accuracy(model, held)
             print(
                 f"{fmt} step {step}: loss {sum(losses[-every:]) / len(losses[-every:]):.3f} held-out "
-                f"{acc:.1f}% (3/4/5 average {avg:.1f}%), chain tokens {chain:.1f}% {time.time() - t0:.0f}s",
+                f"{acc:.1f}% (3/4/5 average {avg:.1f}%), chain tokens {chain:.1f}%, levels {level_exact:.1f}% "
+                f"(within one {level_near:.1f}%) {time.time() - t0:.0f}s",
                 flush=True,
             )
 

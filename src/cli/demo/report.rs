@@ -105,7 +105,7 @@ fn paired_points_line(full: &PointsScore, ablation: &PointsScore, seed: u64) -> 
     let verdict = match (g.excludes_zero(), g.gap > 0.0) {
         (true, true) => "it excludes 0, so the full model is ahead by more than sampling noise",
         (true, false) => "it excludes 0, so the no-depth-tokens model is ahead by more than sampling noise",
-        (false, _) => "it includes 0, so on this many questions the two models cannot be told apart",
+        (false, _) => "it includes 0, so these questions do not tell the two models apart",
     };
     format!(
         "  - Question by question ({} questions): only the full model is right on {}, only the no-depth-tokens \
@@ -658,10 +658,7 @@ mod tests {
         let near = answered(3, &(0..60).map(|i| i < 11).collect::<Vec<_>>());
         let line = paired_points_line(&near, &ablation, 0);
         assert!(line.contains("right on 1, only the no-depth-tokens model on 0"), "{line}");
-        assert!(
-            line.contains("it includes 0, so on this many questions the two models cannot be told apart"),
-            "{line}"
-        );
+        assert!(line.contains("it includes 0, so these questions do not tell the two models apart"), "{line}");
         // different questions are said to be so, not compared
         let other = answered(3, &[true; 59]);
         let line = paired_points_line(&full, &other, 0);
