@@ -25,7 +25,7 @@ nothing can be memorised; accuracy is the arg-max letter on 512 held-out samples
 Measured on 2026-11-25 (2 CPU cores, torch 2.15): see docs/points.md sections 8 and 9.
 
 Run: /tmp/pyv/bin/python scripts/experiments/point_answer_probe.py FORMAT STEPS   (torch in a venv outside the repo)
-Environment: SEED, LR (3e-3), BATCH (8), LAYERS (4), EVERY (250), GREEDY=1, SAME_CELL=1, TIE=1, PRETRAIN=N
+Environment: SEED, LR (3e-3), BATCH (8), LAYERS (4), EVERY (250), GREEDY=1, SAME_CELL=1, TIE=1, TIE_VALUE=1, PRETRAIN=N
 (N steps of the text-only `recall` format first: the letter-level pairs stated where the image would be).
 """
 
@@ -56,6 +56,9 @@ SAME_CELL = os.environ.get("SAME_CELL") == "1"
 # TIE=1 adds the LLM's own input embedding of a cell's letter to that image token (as if the projector had been
 # taught to map a drawn letter onto the word for it), so the chain's letter and its image token share a vector
 TIE = os.environ.get("TIE") == "1"
+# TIE_VALUE=1 adds the embedding of each cell's spoken depth level to its image token too (a value that is a token,
+# as in text recall)
+TIE_VALUE = os.environ.get("TIE_VALUE") == "1"
 
 
 def depth_field(gen):
@@ -178,6 +181,9 @@ class Llm(nn.Module):
         if TIE:
             letter = feats[..., 1:6]  # one-hot A..E, zero where no letter
             tokens = tokens + letter @ self.embed.weight[LETTER0 : LETTER0 + 5]
+        if TIE_VALUE:
+            level = (feats[..., 7] * (LEVELS - 1)).round().long()  # [B, 100]
+            tokens = tokens + self.embed(LEVEL0 + level)
         x[img] = tokens.reshape(-1, x.shape[-1])
         return self.head(self.norm(self.run_blocks(x)))
 
