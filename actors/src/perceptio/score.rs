@@ -631,6 +631,16 @@ fn decode_mask(what: &str, png: &[u8]) -> Result<(Vec<bool>, usize, usize), Stri
     Ok((m, w as usize, h as usize))
 }
 
+/// The id of row `r`: its `sample_id`, or "row N" (N = `scored`, the rows scored before it) where the column is
+/// absent or the cell null; a `sample_id` column that is not utf8 is an error.
+fn row_id(batch: &RecordBatch, r: usize, scored: u64) -> Result<String, String> {
+    let id = match batch.column_by_name("sample_id") {
+        Some(_) => text(batch, "sample_id", r)?.map(str::to_string),
+        None => None,
+    };
+    Ok(id.unwrap_or_else(|| format!("row {scored}")))
+}
+
 fn id_seed(seed: u64, id: &str) -> u64 {
     let mut h = DefaultHasher::new();
     id.hash(&mut h);
@@ -659,11 +669,7 @@ impl Scorer {
                     Some((map, side)) => Some(nearest_marked_point(batch, r, &map, side)?),
                     None => None,
                 };
-                let id = match batch.column_by_name("sample_id") {
-                    Some(_) => text(batch, "sample_id", r)?.map(str::to_string),
-                    None => None,
-                };
-                let id = id.unwrap_or_else(|| format!("row {}", self.rows));
+                let id = row_id(batch, r, self.rows)?;
                 let correct = self.points.add(n, Some(generated), truth);
                 self.point_answers.push(PointAnswer { id, points: n, correct });
                 self.points_with_span += u64::from(with_span);
@@ -724,7 +730,7 @@ impl Scorer {
         };
         let png = bytes(batch, "depth", r)?.ok_or("a depth row without a ground-truth `depth`")?;
         let gt = depth_target_from_png(png, scale(batch, r)?, side).map_err(|e| format!("depth: {e}"))?;
-        let id = text(batch, "sample_id", r).ok().flatten().map_or_else(|| format!("row {r}"), str::to_string);
+        let id = row_id(batch, r, self.rows)?;
         let x = depth_numbers(&pred, &gt, id_seed(self.seed, &id))?;
         self.depth.samples += 1;
         add(&mut self.depth.mse, Some(x.mse));
