@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use cli::{
     ask, dataflow, demo, depth, eval, generate, init_model, pretrain_appearance, pretrain_image, pretrain_markers,
-    pretrain_sam2, segment, synth, train_vqvae,
+    pretrain_recall, pretrain_sam2, pretrain_tied_markers, segment, synth, train_vqvae,
 };
 
 /// perceptio trains and serves perception-enhanced vision-language models as a backpressured actor dataflow.
@@ -51,6 +51,12 @@ enum Command {
     PretrainAppearance(pretrain_appearance::PretrainAppearanceArgs),
     /// Teach a model directory's image encoder to read point-marker letters (drawn on a dataset's scenes).
     PretrainMarkers(pretrain_markers::PretrainMarkersArgs),
+    /// Pretrain a model directory's LLM to look a value up by its key: text-only point questions whose points
+    /// are told as "letter level" pairs (needs a model made with --point-reasoning).
+    PretrainRecall(pretrain_recall::PretrainRecallArgs),
+    /// Teach a model directory's image encoder to name, in the LLM's own word embeddings, each token's marked
+    /// letter and depth level (run after pretrain-recall).
+    PretrainTiedMarkers(pretrain_tied_markers::PretrainTiedMarkersArgs),
     /// Pretrain a model directory's SAM2 on a dataset's masks (point prompts) before Perceptio training.
     PretrainSam2(pretrain_sam2::PretrainSam2Args),
     /// Evaluate a trained Perceptio on a dataset split (dataflows/eval.yaml) and print the results table.
@@ -88,6 +94,8 @@ fn main() -> ExitCode {
         Command::PretrainImage(args) => pretrain_image::run(args),
         Command::PretrainAppearance(args) => pretrain_appearance::run(args),
         Command::PretrainMarkers(args) => pretrain_markers::run(args),
+        Command::PretrainRecall(args) => pretrain_recall::run(args),
+        Command::PretrainTiedMarkers(args) => pretrain_tied_markers::run(args),
         Command::PretrainSam2(args) => pretrain_sam2::run(args),
         Command::Eval(args) => tokio_main(eval::run(args)),
         Command::Ask(args) => ask::run(args),

@@ -188,3 +188,48 @@ fn init_model_refuses_sizes_it_cannot_build() {
     assert!(err.contains("matches no file"), "{err}");
     assert!(!dir.path().join("m").exists());
 }
+
+#[test]
+fn recall_and_tied_marker_stages_train_a_point_reasoning_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ok = |args: &[&str]| {
+        let out = bin().args(args).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{args:?}: {stdout}{stderr}");
+        stdout.to_string()
+    };
+    let p = |name: &str| d.join(name).display().to_string();
+    let train = format!("{}/data/train-*.parquet", p("world"));
+    let val = format!("{}/data/validation-*.parquet", p("world"));
+    ok(&["synth", "--out", &p("world"), "--scenes", "20", "--threads", "1"]);
+    ok(&["train-vqvae", "--source", "parquet", "--data", &train, "--out", &p("vq"), "--steps", "2", "--val-size", "4"]);
+    let init = ["init-model", "--data", &train, "--vqvae", &p("vq"), "--align-depth-grid"];
+    ok(&[&init[..], &["--out", &p("plain")]].concat());
+    ok(&[&init[..], &["--point-reasoning", "--out", &p("chain")]].concat());
+    let bytes = |model: &str, file: &str| std::fs::read(d.join(model).join(file)).unwrap();
+
+    // the recall stage needs the chain's words in the vocabulary
+    let out = bin().args(["pretrain-recall", "--model", &p("plain"), "--steps", "2"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the recall task") && err.contains("--point-reasoning"), "{err}");
+
+    let llm = bytes("chain", "llm.safetensors");
+    let args = ["--model", &p("chain"), "--steps", "3", "--batch-size", "2", "--held-out", "8", "--every", "2"];
+    let stdout = ok(&[&["pretrain-recall"][..], &args[..]].concat());
+    assert!(stdout.contains("pretrained the LLM on recall for 3 steps (6 questions"), "{stdout}");
+    assert!(stdout.contains("step 2: loss") && stdout.contains("held-out: levels"), "{stdout}");
+    assert!(stdout.contains("(8 questions)"), "{stdout}");
+    assert_ne!(llm, bytes("chain", "llm.safetensors"), "llm.safetensors is rewritten");
+
+    let image = bytes("chain", "image.safetensors");
+    let args = ["--model", &p("chain"), "--data", &train, "--val", &val, "--steps", "2", "--batch-size", "2"];
+    let stdout = ok(&[&["pretrain-tied-markers"][..], &args[..], &["--label-at", "letter"][..]].concat());
+    assert!(stdout.contains("pretrained the image encoder on tied markers and levels (2 steps"), "{stdout}");
+    assert!(
+        stdout.contains("held-out point questions: ") && stdout.contains("marked tokens name their letter"),
+        "{stdout}"
+    );
+    assert_ne!(image, bytes("chain", "image.safetensors"), "image.safetensors is rewritten");
+}

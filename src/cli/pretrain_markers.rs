@@ -79,7 +79,7 @@ pub enum LabelAt {
 
 impl LabelAt {
     /// The pixel whose token carries the letter of a marker at `point` of a `w x h` image.
-    fn token_pixel(self, style: &MarkerStyle, point: (u32, u32), w: u32, h: u32) -> (u32, u32) {
+    pub(super) fn token_pixel(self, style: &MarkerStyle, point: (u32, u32), w: u32, h: u32) -> (u32, u32) {
         match self {
             LabelAt::Point => point,
             LabelAt::Letter => {
@@ -101,7 +101,7 @@ pub struct Labels {
 
 impl Labels {
     /// The marker style of a `w x h` image.
-    fn style(&self, w: u32, h: u32) -> MarkerStyle {
+    pub(super) fn style(&self, w: u32, h: u32) -> MarkerStyle {
         MarkerStyle::with_letter_scale(w.min(h), self.marker_scale)
     }
 
@@ -252,7 +252,7 @@ fn stack<'a>(rows: impl Iterator<Item = &'a MarkerRow>, size: usize, grid: usize
 }
 
 /// Attempts per marker to find a free spot on a training image.
-const PLACEMENT_ATTEMPTS: usize = 64;
+pub(super) const PLACEMENT_ATTEMPTS: usize = 64;
 
 /// The training images: one plain render per scene, on which each batch draws fresh markers (3 to 5, labelled A,
 /// B, ... at random free spots, in the point questions' style), so the encoder sees new layouts every step
@@ -303,7 +303,7 @@ impl SceneImages {
 }
 
 /// The plain image of row `r`, when it is the first non-point row of a scene not seen yet.
-fn scene_image(
+pub(super) fn scene_image(
     batch: &RecordBatch,
     r: usize,
     seen: &mut HashSet<String>,

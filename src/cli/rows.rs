@@ -117,6 +117,18 @@ impl StepProgress {
         self.bar.set_message(numbers);
     }
 
+    /// Step `step` is done, and `numbers` are printed now (measurements the periodic line would repeat).
+    pub fn step_and_print(&self, step: usize, numbers: String) {
+        self.bar.set_position(step as u64);
+        let line = format!("step {step}: {numbers}");
+        if self.bar.is_hidden() {
+            println!("{line}")
+        } else {
+            self.bar.println(line)
+        }
+        self.bar.set_message(numbers);
+    }
+
     pub fn finish(self) {
         self.bar.finish_and_clear();
     }

@@ -222,6 +222,18 @@ pub fn fit<M: Module, T, E: std::fmt::Display>(
     loss: &dyn Fn(&M, T) -> Result<Tensor<1>, ImagePretrainError>,
     on_step: &mut dyn FnMut(usize, f64),
 ) -> Result<M, ImagePretrainError> {
+    fit_watched(model, cfg, next_batch, loss, &mut |step, loss, _: &M| on_step(step, loss))
+}
+
+/// [`fit`], with the model after each step handed to `on_step(step, loss, model)` (to measure it on held-out
+/// data as it trains).
+pub fn fit_watched<M: Module, T, E: std::fmt::Display>(
+    model: M,
+    cfg: &ImagePretrainConfig,
+    next_batch: &mut dyn FnMut(usize) -> Result<T, E>,
+    loss: &dyn Fn(&M, T) -> Result<Tensor<1>, ImagePretrainError>,
+    on_step: &mut dyn FnMut(usize, f64, &M),
+) -> Result<M, ImagePretrainError> {
     cfg.check()?;
     let mut model = model.set_require_grad(true);
     let mut optim = AdamWConfig::new()
@@ -237,7 +249,7 @@ pub fn fit<M: Module, T, E: std::fmt::Display>(
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(cfg.lr_at(step), model, grads);
-        on_step(step, loss_v);
+        on_step(step, loss_v, &model);
     }
     Ok(model)
 }

@@ -12,6 +12,8 @@
 //! - `stepper`: the same decoding one step at a time, for a batch that requests join and leave (serving).
 //! - `image`: resizing and normalisation of encoder inputs.
 //! - `predict`: answering questions with a trained model (generation, then the mask and depth heads).
+//! - `recall`, `recall_pretrain`: the text-only recall task (told letter-level pairs, then the point chain) and
+//!   pretraining the LLM on it.
 //! - `checkpoint`: the model directory (config, tokenizer, one weights file per part).
 //! - `step`: one training step of the whole model as a single function.
 
@@ -27,9 +29,12 @@ pub mod marker_pretrain;
 pub mod model;
 pub mod optim;
 pub mod predict;
+pub mod recall;
+pub mod recall_pretrain;
 pub mod sequence;
 pub mod step;
 pub mod stepper;
+pub mod tied_marker_pretrain;
 pub mod token_classes;
 pub mod tokens;
 

@@ -17,6 +17,7 @@ pub enum TokenizerError {
 }
 
 /// A HuggingFace `tokenizer.json` tokenizer.
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
 }

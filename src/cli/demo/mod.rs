@@ -24,7 +24,10 @@ use perceptio_synth::SynthConfig;
 
 use super::eval::evaluate;
 use super::pretrain_appearance::{self, AppearanceTraining, ShapeTarget};
+use super::pretrain_markers::LabelAt;
+use super::pretrain_recall::{self, RecallTraining};
 use super::pretrain_sam2;
+use super::pretrain_tied_markers;
 use super::train_vqvae::{self, TrainVqvaeArgs};
 use perceptio_models::perceptio::image_pretrain::ImagePretrainConfig;
 use perceptio_models::sam2::pretrain::Sam2PretrainConfig;
@@ -68,6 +71,19 @@ pub struct DemoArgs {
     /// letter ("A 12, B 7, C 15. (C)"; docs/points.md, section 8).
     #[arg(long)]
     pub point_reasoning: bool,
+    /// LLM pretraining steps on text-only recall questions (`perceptio pretrain-recall`), before Perceptio
+    /// training, shared by both models (default 0: off; needs --point-reasoning; docs/points.md, section 10).
+    #[arg(long, requires = "point_reasoning")]
+    pub recall_steps: Option<usize>,
+    /// Image-encoder pretraining steps that make each token name its marked letter and depth level in the LLM's
+    /// embeddings (`perceptio pretrain-tied-markers`), after the recall stage (default 0: off; needs
+    /// --point-reasoning).
+    #[arg(long, requires = "point_reasoning")]
+    pub tied_marker_steps: Option<usize>,
+    /// Which token the tied-marker stage teaches a marker's letter and its point's level
+    /// (`pretrain-tied-markers --label-at`).
+    #[arg(long, value_enum, default_value_t = LabelAt::Point)]
+    pub tied_label_at: LabelAt,
     /// Segmenter (SAM2) pretraining steps on the world's masks before Perceptio training (default 300, or 20
     /// with --quick; 0 skips the stage).
     #[arg(long)]
@@ -122,6 +138,9 @@ pub struct Plan {
     pub encoder: EncoderKind,
     pub freeze_encoder: bool,
     pub point_reasoning: bool,
+    pub recall_steps: usize,
+    pub tied_marker_steps: usize,
+    pub tied_label_at: LabelAt,
     pub sam2_steps: usize,
     pub depth_steps: usize,
     pub steps: usize,
@@ -140,6 +159,9 @@ impl DemoArgs {
             encoder: self.encoder,
             freeze_encoder: self.freeze_encoder,
             point_reasoning: self.point_reasoning,
+            recall_steps: self.recall_steps.unwrap_or(0),
+            tied_marker_steps: self.tied_marker_steps.unwrap_or(0),
+            tied_label_at: self.tied_label_at,
             sam2_steps: self.sam2_steps.unwrap_or(if q { 20 } else { 300 }),
             depth_steps: self.depth_steps.unwrap_or(if q { 10 } else { 300 }),
             steps: self.steps.unwrap_or(if q { 30 } else { 250 }),
@@ -314,6 +336,56 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         }
         report.appearance = Some(summary);
         report.stage("image encoder", secs(t));
+    }
+
+    // 5b. The LLM, pretrained to look a value up by its key in text, then the image encoder, taught to name each
+    //     token's marked letter and depth level in the LLM's embeddings (docs/points.md, section 10).
+    if plan.recall_steps > 0 {
+        let t = Instant::now();
+        println!("LLM: {} steps on text-only recall questions", plan.recall_steps);
+        let pcfg = ImagePretrainConfig::new()
+            .with_steps(plan.recall_steps)
+            .with_batch_size(pretrain_recall::DEFAULT_BATCH)
+            .with_lr(pretrain_recall::DEFAULT_LR);
+        let how = RecallTraining {
+            held_out: if args.quick { 128 } else { 512 },
+            every: plan.recall_steps.div_ceil(4).max(1),
+            seed: args.seed,
+            with_question: false,
+        };
+        let dir = init.clone();
+        let summary = tokio::task::spawn_blocking(move || pretrain_recall::pretrain_with(&dir, &pcfg, how)).await??;
+        if let Some((_, a)) = summary.held_out.last() {
+            println!("LLM: held-out recall {}", pretrain_recall::accuracy_line(a));
+        }
+        report.recall = Some(summary);
+        report.stage("LLM recall", secs(t));
+    }
+    if plan.tied_marker_steps > 0 {
+        let t = Instant::now();
+        println!("image encoder: {} steps on markers and levels in the LLM's embeddings", plan.tied_marker_steps);
+        let pcfg =
+            ImagePretrainConfig::new().with_steps(plan.tied_marker_steps).with_lr(pretrain_tied_markers::DEFAULT_LR);
+        let (dir, train_glob, val_glob, seed) = (
+            init.clone(),
+            data_dir.join("train-*.parquet").display().to_string(),
+            data_dir.join("validation-*.parquet").display().to_string(),
+            args.seed,
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            let how = pretrain_tied_markers::TiedTraining {
+                label_at: plan.tied_label_at,
+                marker_weight: pretrain_tied_markers::DEFAULT_MARKER_WEIGHT,
+                seed,
+            };
+            pretrain_tied_markers::pretrain_with(&dir, &train_glob, Some(&val_glob), &pcfg, how)
+        })
+        .await??;
+        if let Some(a) = &result.1 {
+            println!("image encoder: validation point questions: {}", pretrain_tied_markers::held_out_line(a));
+        }
+        report.tied_markers = Some(result);
+        report.stage("tied markers", secs(t));
     }
 
     if plan.freeze_encoder {

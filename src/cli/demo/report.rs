@@ -22,7 +22,10 @@ use super::Plan;
 use super::plot::{Series, line_plot, smooth};
 use super::samples::SampleLine;
 use crate::cli::pretrain_appearance::{AppearanceSummary, ShapeTarget, accuracy_line};
+use crate::cli::pretrain_recall::{RecallSummary, accuracy_line as recall_line};
 use crate::cli::pretrain_sam2::{PointIou, PretrainSummary};
+use crate::cli::pretrain_tied_markers::{TiedMarkerSummary, held_out_line as tied_line};
+use perceptio_models::perceptio::tied_marker_pretrain::TiedAccuracy;
 
 /// Per-micro-batch loss terms of one training run (`None` where a batch had no such term).
 #[derive(Debug, Clone, Default)]
@@ -150,6 +153,10 @@ pub struct Report {
     pub segmenter: Option<SegmenterResult>,
     /// The image-encoder stage on fresh scenes' objects, when it ran.
     pub appearance: Option<AppearanceSummary>,
+    /// The LLM's text-only recall stage, when it ran.
+    pub recall: Option<RecallSummary>,
+    /// The image encoder's tied-marker stage and its held-out measure, when it ran.
+    pub tied_markers: Option<(TiedMarkerSummary, Option<TiedAccuracy>)>,
     pub model: Option<PerceptioConfig>,
     pub runs: Vec<RunResult>,
     pub curves_png: Option<PathBuf>,
@@ -184,6 +191,8 @@ impl Report {
             vqvae: None,
             segmenter: None,
             appearance: None,
+            recall: None,
+            tied_markers: None,
             model: None,
             runs: Vec::new(),
             curves_png: None,
@@ -379,6 +388,12 @@ impl Report {
         if p.point_reasoning {
             flags += " --point-reasoning";
         }
+        if p.recall_steps > 0 {
+            flags += &format!(" --recall-steps {}", p.recall_steps);
+        }
+        if p.tied_marker_steps > 0 {
+            flags += &format!(" --tied-marker-steps {}", p.tied_marker_steps);
+        }
         let _ = writeln!(
             s,
             "Command: `perceptio demo{}` (seed {}): {} scenes, depth tokenizer {} steps,{} segmenter {} steps, \
@@ -504,6 +519,35 @@ impl Report {
                 let _ = writeln!(s, "Held-out scenes: {}.\n", accuracy_line(held));
             }
         }
+        if let Some(r) = &self.recall {
+            let _ = writeln!(s, "## LLM recall (`perceptio pretrain-recall`)\n");
+            let _ = writeln!(
+                s,
+                "The initial model's LLM, trained for {} steps ({} questions, {:.0} s) on text-only point questions \
+                 whose points are told as \"letter level\" pairs where the image would be; its answer states each \
+                 letter's level, then the nearest letter. Both models start from it. Loss {:.3} -> {:.3} (means of \
+                 the first and last {} steps).\n",
+                p.recall_steps, r.sequences, r.secs, r.first_loss, r.last_loss, r.window
+            );
+            for (step, a) in &r.held_out {
+                let _ = writeln!(s, "- after step {step}: {}", recall_line(a));
+            }
+            s.push('\n');
+        }
+        if let Some((t, held)) = &self.tied_markers {
+            let _ = writeln!(s, "## Image encoder, tied markers (`perceptio pretrain-tied-markers`)\n");
+            let _ = writeln!(
+                s,
+                "The image encoder and projector, trained for {} steps ({:.0} s, fresh markers on {} scenes) so that \
+                 each image token names the letter of the marked point in its patch and the depth level of its cell \
+                 by the LLM's own embeddings of those words. Loss {:.3} -> {:.3} (means of the first and last {} \
+                 steps).\n",
+                p.tied_marker_steps, t.secs, t.images, t.first_loss, t.last_loss, t.window
+            );
+            if let Some(a) = held {
+                let _ = writeln!(s, "Validation point questions, {}.\n", tied_line(a));
+            }
+        }
         if let Some(g) = &self.segmenter {
             let _ = writeln!(s, "## Segmenter (`perceptio pretrain-sam2`)\n");
             let _ = writeln!(
@@ -596,6 +640,9 @@ mod tests {
             scenes: 10,
             vqvae_steps: 1,
             appearance_steps: 0,
+            recall_steps: 0,
+            tied_marker_steps: 0,
+            tied_label_at: crate::cli::pretrain_markers::LabelAt::Point,
             shape_target: ShapeTarget::Tokens,
             encoder: EncoderKind::Vit,
             freeze_encoder: false,
@@ -615,6 +662,9 @@ mod tests {
         assert!(plain.contains("Command: `perceptio demo` (seed 0)"), "{plain}");
         let p = Plan {
             appearance_steps: 5,
+            recall_steps: 0,
+            tied_marker_steps: 0,
+            tied_label_at: crate::cli::pretrain_markers::LabelAt::Point,
             shape_target: ShapeTarget::Centres,
             encoder: EncoderKind::Hybrid,
             freeze_encoder: true,
