@@ -54,6 +54,10 @@ pub struct PretrainRecallArgs {
     /// so the time a step takes; without it, the prompt is the chat template around the pairs alone).
     #[arg(long)]
     pub with_question: bool,
+    /// Share of the questions whose answer starts with a span of random depth codes, as long as the model's
+    /// (the full model writes its span before the chain, so its chain must look back across it; default 0).
+    #[arg(long, default_value_t = 0.0)]
+    pub span_share: f64,
 }
 
 /// How a recall run trains and measures.
@@ -66,6 +70,8 @@ pub struct RecallTraining {
     pub seed: u64,
     /// Ask the point question before the pairs.
     pub with_question: bool,
+    /// Share of the questions with a span of random codes before the chain.
+    pub span_share: f64,
 }
 
 /// What a recall run reports.
@@ -99,6 +105,7 @@ pub fn run(args: &PretrainRecallArgs) -> anyhow::Result<()> {
         every: args.every,
         seed: args.seed,
         with_question: args.with_question,
+        span_share: args.span_share,
     };
     let s = pretrain_with(&args.model, &cfg, how)?;
     println!(
@@ -140,8 +147,12 @@ pub fn pretrain_with(
     let tok = TextTokenizer::from_file(&tok_path).with_context(|| format!("reading {}", tok_path.display()))?;
     let sp = special_tokens(&tok, cfg.num_codes()).with_context(|| format!("{}", tok_path.display()))?;
     let question = if how.with_question { POINTS_QUESTION } else { "" };
+    if !(0.0..=1.0).contains(&how.span_share) {
+        anyhow::bail!("the span share {} is not in [0, 1]", how.span_share);
+    }
     let task = RecallTask::new(&tok, &sp, question, cfg.image_last)
-        .with_context(|| format!("{}: the recall task", model_dir.display()))?;
+        .with_context(|| format!("{}: the recall task", model_dir.display()))?
+        .with_span(cfg.vqvae.num_tokens(), how.span_share);
     let device = Device::flex().autodiff();
     device.seed(how.seed);
     let llm = load_part(model_dir, Part::Llm, cfg.init_llm(&device)?)?;

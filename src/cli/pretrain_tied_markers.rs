@@ -25,7 +25,7 @@ use perceptio_models::perceptio::marker_pretrain::{letter_class, token_classes};
 use perceptio_models::perceptio::recall::RecallTask;
 use perceptio_models::perceptio::sequence::point_level;
 use perceptio_models::perceptio::tied_marker_pretrain::{
-    EncoderWithTiedHeads, TiedAccuracy, TiedBatch, VocabularyRows, pretrain_tied_markers, tied_accuracy,
+    EncoderWithTiedHeads, TiedAccuracy, TiedBatch, TiedTarget, VocabularyRows, pretrain_tied_markers, tied_accuracy,
 };
 use perceptio_models::perceptio::tokens::special_tokens;
 use perceptio_models::tokenizer::TextTokenizer;
@@ -63,6 +63,10 @@ pub struct PretrainTiedMarkersArgs {
     /// over the letter's box (which the encoder reads more easily; the point's level is then carried one row up).
     #[arg(long, value_enum, default_value_t = LabelAt::Point)]
     pub label_at: LabelAt,
+    /// `scores`: each token scores highest against its letter's and level's embeddings (cross-entropy, the
+    /// token's other directions free); `embeddings`: each token is regressed onto the sum of those embeddings.
+    #[arg(long, value_enum, default_value_t = TargetKind::Scores)]
+    pub target: TargetKind,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Held-out parquet files (glob): measure their point questions' markers and levels afterwards.
@@ -103,7 +107,12 @@ pub fn held_out_line(a: &TiedAccuracy) -> String {
 /// Runs `perceptio pretrain-tied-markers`.
 pub fn run(args: &PretrainTiedMarkersArgs) -> anyhow::Result<()> {
     let cfg = ImagePretrainConfig::new().with_steps(args.steps).with_batch_size(args.batch_size).with_lr(args.lr);
-    let how = TiedTraining { label_at: args.label_at, marker_weight: args.marker_weight, seed: args.seed };
+    let how = TiedTraining {
+        label_at: args.label_at,
+        target: args.target,
+        marker_weight: args.marker_weight,
+        seed: args.seed,
+    };
     let (s, held) = pretrain_with(&args.model, &args.data, args.val.as_deref(), &cfg, how)?;
     println!(
         "pretrained the image encoder on tied markers and levels ({} steps on {} scenes, {:.1}s): loss {:.4} -> \
@@ -122,10 +131,27 @@ pub fn run(args: &PretrainTiedMarkersArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the stage asks of each token (`TiedTarget`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    Scores,
+    Embeddings,
+}
+
+impl TargetKind {
+    fn target(self) -> TiedTarget {
+        match self {
+            TargetKind::Scores => TiedTarget::Scores,
+            TargetKind::Embeddings => TiedTarget::Embeddings,
+        }
+    }
+}
+
 /// How a tied-marker run labels and weighs its tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TiedTraining {
     pub label_at: LabelAt,
+    pub target: TargetKind,
     pub marker_weight: f32,
     pub seed: u64,
 }
@@ -152,7 +178,7 @@ pub fn pretrain_with(
     pcfg: &ImagePretrainConfig,
     how: TiedTraining,
 ) -> anyhow::Result<(TiedMarkerSummary, Option<TiedAccuracy>)> {
-    let TiedTraining { label_at, marker_weight, seed } = how;
+    let TiedTraining { label_at, target, marker_weight, seed } = how;
     let start = Instant::now();
     let cfg = read_config(model_dir).with_context(|| format!("reading {}", model_dir.display()))?;
     let rows = vocabulary_rows(model_dir)?;
@@ -173,6 +199,7 @@ pub fn pretrain_with(
         model,
         &rows,
         pcfg,
+        target.target(),
         marker_weight,
         &mut |n| data.batch(&order.take(n)),
         &mut |step, loss| {

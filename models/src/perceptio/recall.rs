@@ -28,6 +28,8 @@ pub enum RecallError {
     Tokenize { text: String, reason: String },
     #[error("the tokenizer does not split `{text}` into one token per word: {reason}")]
     Split { text: String, reason: String },
+    #[error("a recall question: {0}")]
+    Question(String),
 }
 
 /// One recall question, tokenised.
@@ -35,7 +37,8 @@ pub enum RecallError {
 pub struct RecallSample {
     /// Prompt, answer and `<|im_end|>`.
     pub ids: Vec<u32>,
-    /// Index of the answer's first token in `ids` (every later token is a target).
+    /// Index of the first target in `ids` (every later token is one): the answer's first token, or with a span the
+    /// chain's first (the span's random codes are not targets).
     pub answer_start: usize,
     /// Each stated level in the chain: its index in `ids` and the level.
     pub levels: Vec<(usize, u32)>,
@@ -58,6 +61,10 @@ pub struct RecallTask {
     level_ids: Vec<u32>,
     /// Token of each letter.
     letter_ids: Vec<u32>,
+    /// `<d_start>`, `<d_end>`, the first code and the code count, when questions may carry a span.
+    span_tokens: (u32, u32, u32, usize),
+    /// Codes in a span, and the share of questions that get one (0: none).
+    span: (usize, f64),
 }
 
 impl RecallTask {
@@ -74,12 +81,22 @@ impl RecallTask {
             im_end: sp.im_end,
             level_ids,
             letter_ids,
+            span_tokens: (sp.d_start, sp.d_end, sp.code0, sp.num_codes),
+            span: (0, 0.0),
         })
     }
 
-    /// The token of level `l`.
-    pub fn level_id(&self, l: u32) -> u32 {
-        self.level_ids[l as usize]
+    /// The task where a share `share` (in [0, 1]) of the questions answer with a span of `len` random depth codes
+    /// before the chain, as the full model does: the chain then looks its levels up across the span, as far back
+    /// as the full model's chain must reach for its image.
+    pub fn with_span(mut self, len: usize, share: f64) -> Self {
+        self.span = (len, share.clamp(0.0, 1.0));
+        self
+    }
+
+    /// The token of level `l` (None past the last level).
+    pub fn level_id(&self, l: u32) -> Option<u32> {
+        self.level_ids.get(l as usize).copied()
     }
 
     /// The tokens of the levels, in order.
@@ -104,11 +121,52 @@ impl RecallTask {
         levels.truncate(n);
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(rng);
-        self.sample_of(&levels, &order)
+        let (len, share) = self.span;
+        let (_, _, _, num_codes) = self.span_tokens;
+        let codes: Vec<usize> = if len > 0 && num_codes > 0 && rng.random_bool(share) {
+            (0..len).map(|_| rng.random_range(0..num_codes)).collect()
+        } else {
+            Vec::new()
+        };
+        self.sample_with(&levels, &order, &codes)
+    }
+
+    /// [`Self::sample_of`] with a span of the depth codes `codes` before the chain (none when empty).
+    pub fn sample_with(&self, levels: &[u32], order: &[usize], codes: &[usize]) -> Result<RecallSample, RecallError> {
+        let mut s = self.sample_of(levels, order)?;
+        if codes.is_empty() {
+            return Ok(s);
+        }
+        let (d_start, d_end, code0, num_codes) = self.span_tokens;
+        if let Some(k) = codes.iter().find(|&&k| k >= num_codes) {
+            return Err(RecallError::Question(format!("depth code {k} is not one of the {num_codes} codes")));
+        }
+        let mut span = Vec::with_capacity(codes.len() + 2);
+        span.push(d_start);
+        span.extend(codes.iter().map(|&k| code0 + k as u32));
+        span.push(d_end);
+        let shift = span.len();
+        s.ids.splice(s.answer_start..s.answer_start, span);
+        s.answer_start += shift;
+        s.levels.iter_mut().for_each(|(at, _)| *at += shift);
+        s.letter_at += shift;
+        Ok(s)
     }
 
     /// The question whose point `i` (letter `LETTERS[i]`) has level `levels[i]`, told in the order `order`.
     pub fn sample_of(&self, levels: &[u32], order: &[usize]) -> Result<RecallSample, RecallError> {
+        let n = levels.len();
+        if !(1..=LETTERS.len()).contains(&n) {
+            return Err(RecallError::Question(format!("{n} points, not 1 to {}", LETTERS.len())));
+        }
+        if let Some(l) = levels.iter().find(|&&l| l >= POINT_LEVELS) {
+            return Err(RecallError::Question(format!("level {l} is not below {POINT_LEVELS}")));
+        }
+        let mut sorted = order.to_vec();
+        sorted.sort_unstable();
+        if sorted.iter().copied().ne(0..n) {
+            return Err(RecallError::Question(format!("the order {order:?} is not a permutation of the {n} points")));
+        }
         let points: Vec<PointLevel> =
             levels.iter().zip(LETTERS).map(|(&level, label)| PointLevel { label, level }).collect();
         let told: Vec<String> = order.iter().map(|&i| format!("{} {}", LETTERS[i], levels[i])).collect();
@@ -174,7 +232,7 @@ mod tests {
         let levels: Vec<u32> = s.levels.iter().map(|&(_, l)| l).collect();
         assert_eq!(levels, vec![4, 17, 9]);
         for &(at, l) in &s.levels {
-            assert_eq!(s.ids[at], task.level_id(l));
+            assert_eq!(Some(s.ids[at]), task.level_id(l));
         }
         assert_eq!(s.ids[s.letter_at], task.letter_ids()[1]);
         // the separately encoded pieces are what the whole answer encodes to
@@ -190,6 +248,31 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(&s.ids[s.answer_start..s.ids.len() - 1], &whole[..]);
+    }
+
+    #[test]
+    fn a_span_of_codes_goes_between_the_prompt_and_the_chain() {
+        let task = task();
+        let plain = task.sample_of(&[4, 17, 9], &[2, 0, 1]).unwrap();
+        let spanned = task.sample_with(&[4, 17, 9], &[2, 0, 1], &[3, 0, 7]).unwrap();
+        let text = task.tok.decode(&spanned.ids, false).unwrap().split_whitespace().collect::<String>();
+        assert!(text.contains("assistant<d_start><d_3><d_0><d_7><d_end>A4,B17,C9.(B)<|im_end|>"), "{text}");
+        assert_eq!(spanned.answer_start, plain.answer_start + 5);
+        assert_eq!(spanned.letter_at, plain.letter_at + 5);
+        for (&(at, l), &(at0, l0)) in spanned.levels.iter().zip(&plain.levels) {
+            assert_eq!((at, l), (at0 + 5, l0));
+            assert_eq!(Some(spanned.ids[at]), task.level_id(l));
+        }
+        // half of fresh questions carry a span of 4 codes
+        let task = task.with_span(4, 0.5);
+        let mut rng = StdRng::seed_from_u64(1);
+        let spans = (0..400)
+            .filter(|_| {
+                let s = task.sample(&mut rng).unwrap();
+                s.ids[s.answer_start - 1] == task.span_tokens.1
+            })
+            .count();
+        assert!((160..240).contains(&spans), "{spans} of 400");
     }
 
     #[test]
@@ -209,6 +292,17 @@ mod tests {
         }
         assert_eq!(counts[..MIN_POINTS].iter().sum::<usize>(), 0);
         assert!(counts[MIN_POINTS..].iter().all(|&c| c > 70), "{counts:?}");
+    }
+
+    #[test]
+    fn malformed_questions_are_refused() {
+        let task = task();
+        let err = |r: Result<RecallSample, RecallError>| r.unwrap_err().to_string();
+        assert!(err(task.sample_of(&[1, 2, 3, 4, 5, 6], &[0, 1, 2, 3, 4, 5])).contains("6 points, not 1 to 5"));
+        assert!(err(task.sample_of(&[1, 20], &[0, 1])).contains("level 20 is not below 20"));
+        assert!(err(task.sample_of(&[1, 2], &[0, 0])).contains("not a permutation of the 2 points"));
+        assert!(err(task.sample_with(&[1, 2], &[1, 0], &[8])).contains("depth code 8 is not one of the 8 codes"));
+        assert_eq!(task.level_id(20), None);
     }
 
     #[test]

@@ -130,8 +130,20 @@ impl EncoderWithTiedHeads {
     }
 }
 
+/// What the tied stage asks of each token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TiedTarget {
+    /// Score highest against its letter's embedding (or "no letter") and its level's: cross-entropy through the
+    /// fixed rows, each with a learned scale (the token's other directions stay free).
+    #[default]
+    Scores,
+    /// Be the sum of its level's embedding and, at a marked token, its letter's: a squared error relative to the
+    /// targets' energy (the token becomes what a told "B 17" is in text, and nothing else).
+    Embeddings,
+}
+
 /// Cross-entropy of the letters (marked tokens weighted `marker_weight` times an unmarked one) plus that of the
-/// levels, at every token.
+/// levels, at every token (`TiedTarget::Scores`).
 pub fn tied_loss(
     model: &EncoderWithTiedHeads,
     rows: &VocabularyRows,
@@ -145,6 +157,34 @@ pub fn tied_loss(
     let letter_loss = weighted_mean(token_nll(letters, batch.letters), w); // [1]
     let level_loss = weighted_mean(token_nll(levels, batch.levels), ones); // [1]
     Ok(letter_loss + level_loss) // [1]
+}
+
+/// `sum ||t - target||^2 / sum ||target||^2` over every token, the target being the token's level row plus, at a
+/// marked token, its letter row (`TiedTarget::Embeddings`).
+pub fn tied_embedding_loss(
+    model: &EncoderWithTiedHeads,
+    rows: &VocabularyRows,
+    batch: TiedBatch,
+) -> Result<Tensor<1>, ImagePretrainError> {
+    let b = model.checked(&batch)?;
+    let d = rows.d;
+    let n = batch.levels.len();
+    let mut target = vec![0f32; n * d];
+    for (i, (&letter, &level)) in batch.letters.iter().zip(&batch.levels).enumerate() {
+        let out = &mut target[i * d..(i + 1) * d];
+        let level_row = &rows.levels[level as usize * d..(level as usize + 1) * d];
+        out.iter_mut().zip(level_row).for_each(|(o, v)| *o += v);
+        if letter > 0 {
+            let letter_row = &rows.letters[(letter as usize - 1) * d..letter as usize * d];
+            out.iter_mut().zip(letter_row).for_each(|(o, v)| *o += v);
+        }
+    }
+    let energy: f32 = target.iter().map(|v| v * v).sum::<f32>().max(f32::MIN_POSITIVE);
+    let device = model.none.device();
+    let target = Tensor::<2>::from_data(TensorData::new(target, [n, d]), &device); // [N, d]
+    let tokens = model.part.forward(pixels_tensor(batch.pixels, b, batch.image_size, &device)); // [B, T, d]
+    let tokens = tokens.reshape([n, d]); // [N, d]
+    Ok((tokens - target).powi_scalar(2).sum() / energy) // [1]
 }
 
 /// How well the tied heads read a batch.
@@ -203,12 +243,13 @@ pub fn tied_accuracy(
     Ok(acc)
 }
 
-/// Trains the InternViT and projector of `model.part` and the heads' scales (on an autodiff device) on batches
-/// from `next_batch(batch_size)`; `on_step(step, loss)` after each step. `rows` stay fixed.
+/// Trains the InternViT and projector of `model.part` and the heads' scales (on an autodiff device) towards
+/// `target` on batches from `next_batch(batch_size)`; `on_step(step, loss)` after each step. `rows` stay fixed.
 pub fn pretrain_tied_markers<E: std::fmt::Display>(
     model: EncoderWithTiedHeads,
     rows: &VocabularyRows,
     cfg: &ImagePretrainConfig,
+    target: TiedTarget,
     marker_weight: f32,
     next_batch: &mut dyn FnMut(usize) -> Result<TiedBatch, E>,
     on_step: &mut dyn FnMut(usize, f64),
@@ -219,7 +260,10 @@ pub fn pretrain_tied_markers<E: std::fmt::Display>(
             reason: format!("{marker_weight} is not a positive number"),
         });
     }
-    let loss = |m: &EncoderWithTiedHeads, batch: TiedBatch| tied_loss(m, rows, batch, marker_weight);
+    let loss = |m: &EncoderWithTiedHeads, batch: TiedBatch| match target {
+        TiedTarget::Scores => tied_loss(m, rows, batch, marker_weight),
+        TiedTarget::Embeddings => tied_embedding_loss(m, rows, batch),
+    };
     fit(model, cfg, next_batch, &loss, on_step)
 }
 
@@ -302,6 +346,7 @@ mod tests {
             model,
             &rows,
             &pcfg,
+            TiedTarget::Scores,
             10.0,
             &mut |n| {
                 seed += 1;

@@ -71,6 +71,10 @@ pub struct DemoArgs {
     /// letter ("A 12, B 7, C 15. (C)"; docs/points.md, section 8).
     #[arg(long)]
     pub point_reasoning: bool,
+    /// Point questions per training scene (default 1): each is a fresh set of 3 to 5 marked points on the scene's
+    /// image, so more of them give the point answers more variety at no cost in steps.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub points_per_scene: u32,
     /// LLM pretraining steps on text-only recall questions (`perceptio pretrain-recall`), before Perceptio
     /// training, shared by both models (default 0: off; needs --point-reasoning; docs/points.md, section 10).
     #[arg(long, requires = "point_reasoning")]
@@ -138,6 +142,7 @@ pub struct Plan {
     pub encoder: EncoderKind,
     pub freeze_encoder: bool,
     pub point_reasoning: bool,
+    pub points_per_scene: u32,
     pub recall_steps: usize,
     pub tied_marker_steps: usize,
     pub tied_label_at: LabelAt,
@@ -159,6 +164,7 @@ impl DemoArgs {
             encoder: self.encoder,
             freeze_encoder: self.freeze_encoder,
             point_reasoning: self.point_reasoning,
+            points_per_scene: self.points_per_scene,
             recall_steps: self.recall_steps.unwrap_or(0),
             tied_marker_steps: self.tied_marker_steps.unwrap_or(0),
             tied_label_at: self.tied_label_at,
@@ -246,7 +252,12 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     // Three point questions per held-out scene: on the default test split each point count has 60 questions
     // instead of 20, so one question moves its accuracy by 1.7 points instead of 5 (training sees the same rows).
-    let cfg = SynthConfig { scenes: plan.scenes, eval_points_per_scene: 3, ..SynthConfig::default() };
+    let cfg = SynthConfig {
+        scenes: plan.scenes,
+        points_per_scene: plan.points_per_scene,
+        eval_points_per_scene: 3,
+        ..SynthConfig::default()
+    };
     let pb = bar(plan.scenes as u64, "world");
     let (dir, seed, synth_cfg, pb2) = (out.clone(), args.seed, cfg.clone(), pb.clone());
     let dataset = tokio::task::spawn_blocking(move || {
@@ -352,6 +363,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             every: plan.recall_steps.div_ceil(4).max(1),
             seed: args.seed,
             with_question: false,
+            // no span: with half the questions spanned, 1000 steps leave the levels at 17% (docs/points.md, section 10)
+            span_share: 0.0,
         };
         let dir = init.clone();
         let summary = tokio::task::spawn_blocking(move || pretrain_recall::pretrain_with(&dir, &pcfg, how)).await??;
@@ -375,6 +388,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         let result = tokio::task::spawn_blocking(move || {
             let how = pretrain_tied_markers::TiedTraining {
                 label_at: plan.tied_label_at,
+                target: pretrain_tied_markers::TargetKind::Scores,
                 marker_weight: pretrain_tied_markers::DEFAULT_MARKER_WEIGHT,
                 seed,
             };

@@ -22,6 +22,7 @@ use super::Plan;
 use super::plot::{Series, line_plot, smooth};
 use super::samples::SampleLine;
 use crate::cli::pretrain_appearance::{AppearanceSummary, ShapeTarget, accuracy_line};
+use crate::cli::pretrain_markers::LabelAt;
 use crate::cli::pretrain_recall::{RecallSummary, accuracy_line as recall_line};
 use crate::cli::pretrain_sam2::{PointIou, PretrainSummary};
 use crate::cli::pretrain_tied_markers::{TiedMarkerSummary, held_out_line as tied_line};
@@ -388,11 +389,17 @@ impl Report {
         if p.point_reasoning {
             flags += " --point-reasoning";
         }
+        if p.points_per_scene != 1 {
+            flags += &format!(" --points-per-scene {}", p.points_per_scene);
+        }
         if p.recall_steps > 0 {
             flags += &format!(" --recall-steps {}", p.recall_steps);
         }
         if p.tied_marker_steps > 0 {
             flags += &format!(" --tied-marker-steps {}", p.tied_marker_steps);
+            if p.tied_label_at == LabelAt::Letter {
+                flags += " --tied-label-at letter";
+            }
         }
         let _ = writeln!(
             s,
@@ -539,10 +546,19 @@ impl Report {
             let _ = writeln!(
                 s,
                 "The image encoder and projector, trained for {} steps ({:.0} s, fresh markers on {} scenes) so that \
-                 each image token names the letter of the marked point in its patch and the depth level of its cell \
-                 by the LLM's own embeddings of those words. Loss {:.3} -> {:.3} (means of the first and last {} \
-                 steps).\n",
-                p.tied_marker_steps, t.secs, t.images, t.first_loss, t.last_loss, t.window
+                 each image token names the depth level of its cell, and the token {} names the marker's letter and \
+                 its point's level, by the LLM's own embeddings of those words. Loss {:.3} -> {:.3} (means of the \
+                 first and last {} steps).\n",
+                p.tied_marker_steps,
+                t.secs,
+                t.images,
+                match p.tied_label_at {
+                    LabelAt::Point => "over a marked point",
+                    LabelAt::Letter => "over a marker's letter box",
+                },
+                t.first_loss,
+                t.last_loss,
+                t.window
             );
             if let Some(a) = held {
                 let _ = writeln!(s, "Validation point questions, {}.\n", tied_line(a));
@@ -640,6 +656,7 @@ mod tests {
             scenes: 10,
             vqvae_steps: 1,
             appearance_steps: 0,
+            points_per_scene: 1,
             recall_steps: 0,
             tied_marker_steps: 0,
             tied_label_at: crate::cli::pretrain_markers::LabelAt::Point,
@@ -662,6 +679,7 @@ mod tests {
         assert!(plain.contains("Command: `perceptio demo` (seed 0)"), "{plain}");
         let p = Plan {
             appearance_steps: 5,
+            points_per_scene: 1,
             recall_steps: 0,
             tied_marker_steps: 0,
             tied_label_at: crate::cli::pretrain_markers::LabelAt::Point,
