@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use arrow::array::{Array, Float32Array, RecordBatch};
+use arrow::array::RecordBatch;
 use burn::module::Module;
 use burn::tensor::Device;
 use perceptio_actors::image_decode::decode_png_rgb;
-use perceptio_models::depth::depth_target_from_png;
 use perceptio_models::perceptio::checkpoint::{Part, load_part, read_config, save_part};
 use perceptio_models::perceptio::image::encoder_input;
 use perceptio_models::perceptio::image_pretrain::{
@@ -21,7 +20,9 @@ use perceptio_models::perceptio::image_pretrain::{
 };
 use perceptio_synth::metrics::MapMoments;
 
-use super::rows::{Shuffled, StepProgress, first_and_last_means, read_rows, row_png, unseen_plain_scene};
+use super::rows::{
+    Shuffled, StepProgress, first_and_last_means, read_rows, row_depth_target, row_png, unseen_plain_scene,
+};
 
 /// Side of the depth block each image token predicts.
 const BLOCK: usize = 4;
@@ -202,15 +203,7 @@ fn depth_row(
     seen: &mut HashSet<String>,
 ) -> anyhow::Result<Option<DepthRow>> {
     let Some((scene, id)) = unseen_plain_scene(batch, r, seen)? else { return Ok(None) };
-    let scale_col = batch.column_by_name("depth_scale").context("column `depth_scale` is missing")?;
-    let scale =
-        scale_col.as_any().downcast_ref::<Float32Array>().context("column `depth_scale` is not float32")?.value(r);
-    let depth_col = batch.column_by_name("depth").context("column `depth` is missing")?;
-    if depth_col.is_null(r) || scale <= 0.0 {
-        return Ok(None);
-    }
-    let png = row_png(batch, "depth", r, &id)?;
-    let depth = depth_target_from_png(png, scale, side).map_err(|e| anyhow::anyhow!("sample {id}: depth: {e}"))?;
+    let Some(depth) = row_depth_target(batch, r, &id, side)? else { return Ok(None) };
     let (rgb, h, w) =
         decode_png_rgb(row_png(batch, "image", r, &id)?).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
     seen.insert(scene);

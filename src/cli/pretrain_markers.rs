@@ -106,7 +106,13 @@ impl Labels {
     }
 
     /// The `grid x grid` token classes of a `w x h` image whose markers sit at `points`, with their classes.
-    fn classes(&self, points: &[((u32, u32), i64)], w: u32, h: u32, grid: usize) -> Result<Vec<i64>, String> {
+    pub(super) fn classes(
+        &self,
+        points: &[((u32, u32), i64)],
+        w: u32,
+        h: u32,
+        grid: usize,
+    ) -> Result<Vec<i64>, String> {
         let style = self.style(w, h);
         let at: Vec<(u32, u32, i64)> = points
             .iter()
@@ -252,7 +258,7 @@ fn stack<'a>(rows: impl Iterator<Item = &'a MarkerRow>, size: usize, grid: usize
 }
 
 /// Attempts per marker to find a free spot on a training image.
-pub(super) const PLACEMENT_ATTEMPTS: usize = 64;
+const PLACEMENT_ATTEMPTS: usize = 64;
 
 /// The training images: one plain render per scene, on which each batch draws fresh markers (3 to 5, labelled A,
 /// B, ... at random free spots, in the point questions' style), so the encoder sees new layouts every step
@@ -286,20 +292,34 @@ impl SceneImages {
         let mut rows = Vec::with_capacity(idx.len());
         for &i in idx {
             let (rgb, h, w) = self.images.get(i).with_context(|| format!("no scene {i}"))?;
-            let (mut rgb, h, w) = (rgb.clone(), *h, *w);
-            let n = self.rng.random_range(3..=5);
-            let (wu, hu) = (w as u32, h as u32);
-            let mut canvas = Canvas { rgb: &mut rgb, width: wu, height: hu };
-            let points =
-                draw_random_markers(&mut canvas, &self.labels.style(wu, hu), n, PLACEMENT_ATTEMPTS, &mut self.rng)
-                    .with_context(|| format!("scene {i}: no room for {n} markers on a {w}x{h} image"))?;
+            let (rgb, points) =
+                with_fresh_markers(rgb, *h, *w, self.labels, &mut self.rng).with_context(|| format!("scene {i}"))?;
+            let (wu, hu) = (*w as u32, *h as u32);
             // drawn in letter order: A is class 1
             let points: Vec<_> = points.into_iter().zip(1..).collect();
             let classes = self.labels.classes(&points, wu, hu, self.grid).map_err(|e| anyhow::anyhow!(e))?;
-            rows.push(MarkerRow { pixels: encoder_input(&planar_from_rgb8(&rgb, h, w), h, w, self.size), classes });
+            rows.push(MarkerRow { pixels: encoder_input(&planar_from_rgb8(&rgb, *h, *w), *h, *w, self.size), classes });
         }
         Ok(stack(rows.iter(), self.size, self.grid))
     }
+}
+
+/// A copy of the `w x h` RGB8 image `rgb` with 3 to 5 markers drawn at random free spots in `labels`' style, and
+/// their points in letter order (A first).
+pub(super) fn with_fresh_markers(
+    rgb: &[u8],
+    h: usize,
+    w: usize,
+    labels: Labels,
+    rng: &mut ChaCha8Rng,
+) -> anyhow::Result<(Vec<u8>, Vec<(u32, u32)>)> {
+    let mut rgb = rgb.to_vec();
+    let n = rng.random_range(3..=5);
+    let (wu, hu) = (w as u32, h as u32);
+    let mut canvas = Canvas { rgb: &mut rgb, width: wu, height: hu };
+    let points = draw_random_markers(&mut canvas, &labels.style(wu, hu), n, PLACEMENT_ATTEMPTS, rng)
+        .with_context(|| format!("no room for {n} markers on a {w}x{h} image"))?;
+    Ok((rgb, points))
 }
 
 /// The plain image of row `r`, when it is the first non-point row of a scene not seen yet.

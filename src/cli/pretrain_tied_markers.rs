@@ -12,16 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use arrow::array::{Float32Array, RecordBatch};
+use arrow::array::RecordBatch;
 use burn::module::Module;
 use burn::tensor::Device;
 use perceptio_actors::image_decode::decode_png_rgb;
 use perceptio_actors::perceptio::score::{map_cell, marked_points};
-use perceptio_models::depth::depth_target_from_png;
 use perceptio_models::perceptio::checkpoint::{Part, TOKENIZER_FILE, load_part, read_config, save_part};
 use perceptio_models::perceptio::image::{encoder_input, planar_from_rgb8};
 use perceptio_models::perceptio::image_pretrain::{ImagePretrainConfig, token_grid};
-use perceptio_models::perceptio::marker_pretrain::{letter_class, token_classes};
+use perceptio_models::perceptio::marker_pretrain::letter_class;
 use perceptio_models::perceptio::recall::RecallTask;
 use perceptio_models::perceptio::sequence::point_level;
 use perceptio_models::perceptio::tied_marker_pretrain::{
@@ -29,12 +28,11 @@ use perceptio_models::perceptio::tied_marker_pretrain::{
 };
 use perceptio_models::perceptio::tokens::special_tokens;
 use perceptio_models::tokenizer::TextTokenizer;
-use perceptio_synth::draw::{Canvas, draw_random_markers};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::pretrain_markers::{LabelAt, Labels, PLACEMENT_ATTEMPTS, scene_image};
-use super::rows::{Shuffled, StepProgress, first_and_last_means, read_rows, row_png, row_text};
+use super::pretrain_markers::{LabelAt, Labels, MarkerPretrainSummary, scene_image, with_fresh_markers};
+use super::rows::{Shuffled, StepProgress, first_and_last_means, read_rows, row_depth_target, row_png, row_text};
 
 /// The learning rate and letter weight of the stage (`pretrain-markers`' defaults).
 pub const DEFAULT_LR: f64 = 3e-3;
@@ -72,18 +70,6 @@ pub struct PretrainTiedMarkersArgs {
     /// Held-out parquet files (glob): measure their point questions' markers and levels afterwards.
     #[arg(long)]
     pub val: Option<String>,
-}
-
-/// What a run reports.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TiedMarkerSummary {
-    /// Mean loss of the first and last `window` steps.
-    pub first_loss: f64,
-    pub last_loss: f64,
-    pub window: usize,
-    /// Training scenes.
-    pub images: usize,
-    pub secs: f64,
 }
 
 /// "412/520 marked tokens name their letter (79.2%), 99.1% of 15480 unmarked tokens none; levels at the
@@ -177,7 +163,7 @@ pub fn pretrain_with(
     val_glob: Option<&str>,
     pcfg: &ImagePretrainConfig,
     how: TiedTraining,
-) -> anyhow::Result<(TiedMarkerSummary, Option<TiedAccuracy>)> {
+) -> anyhow::Result<(MarkerPretrainSummary, Option<TiedAccuracy>)> {
     let TiedTraining { label_at, target, marker_weight, seed } = how;
     let start = Instant::now();
     let cfg = read_config(model_dir).with_context(|| format!("reading {}", model_dir.display()))?;
@@ -212,8 +198,13 @@ pub fn pretrain_with(
     save_part(model_dir, Part::Image, &model.part)?;
 
     let (first_loss, last_loss, window) = first_and_last_means(&history, steps);
-    let summary =
-        TiedMarkerSummary { first_loss, last_loss, window, images: data.len(), secs: start.elapsed().as_secs_f64() };
+    let summary = MarkerPretrainSummary {
+        first_loss,
+        last_loss,
+        window,
+        images: data.len(),
+        secs: start.elapsed().as_secs_f64(),
+    };
     let held = match val_glob {
         None => None,
         Some(glob) => {
@@ -247,15 +238,21 @@ impl Shape {
     /// Each token's letter class and level for markers at `points` (in letter order) of a `w x h` image with the
     /// depth target `map`.
     fn labels(&self, map: &[f32], w: i64, h: i64, points: &[(i64, i64)]) -> anyhow::Result<(Vec<i64>, Vec<i64>)> {
-        let style = Labels { at: self.label_at, marker_scale: 0 }.style(w as u32, h as u32);
-        let mut letters = Vec::with_capacity(points.len());
-        let mut carriers = Vec::with_capacity(points.len());
-        for (&(x, y), class) in points.iter().zip(1..) {
-            let (cx, cy) = self.label_at.token_pixel(&style, (x as u32, y as u32), w as u32, h as u32);
-            letters.push(((i64::from(cx), i64::from(cy)), class));
-            carriers.push(((i64::from(cx), i64::from(cy)), (x, y)));
-        }
-        let letters = token_letters(&letters, w, h, self.grid)?;
+        let labels = Labels { at: self.label_at, marker_scale: 0 };
+        let (wu, hu) = (w as u32, h as u32);
+        // marked_points and the drawing keep every point inside the image, so the casts are exact
+        let pixels: Vec<(u32, u32)> = points.iter().map(|&(x, y)| (x as u32, y as u32)).collect();
+        let classed: Vec<((u32, u32), i64)> = pixels.iter().copied().zip(1..).collect();
+        let letters = labels.classes(&classed, wu, hu, self.grid).map_err(|e| anyhow::anyhow!(e))?;
+        let style = labels.style(wu, hu);
+        let carriers: Vec<((i64, i64), (i64, i64))> = pixels
+            .iter()
+            .zip(points)
+            .map(|(&p, &point)| {
+                let (cx, cy) = self.label_at.token_pixel(&style, p, wu, hu);
+                ((i64::from(cx), i64::from(cy)), point)
+            })
+            .collect();
         Ok((letters, token_levels(map, self.depth_side, w, h, self.grid, &carriers)))
     }
 }
@@ -303,18 +300,11 @@ fn token_levels(
     levels
 }
 
-/// Each token's letter class: the marked point's (A = 1) in its patch, 0 elsewhere.
-fn token_letters(points: &[((i64, i64), i64)], w: i64, h: i64, grid: usize) -> anyhow::Result<Vec<i64>> {
-    let at: Vec<(u32, u32, i64)> = points.iter().map(|&((x, y), c)| (x as u32, y as u32, c)).collect();
-    token_classes(&at, w as u32, h as u32, grid).map_err(|e| anyhow::anyhow!(e))
-}
-
 /// The training scenes: one plain image and depth map each, on which every batch draws fresh markers.
 struct Scenes {
     shape: Shape,
     /// (RGB8, height, width, depth map) per scene.
     scenes: Vec<(Vec<u8>, usize, usize, Vec<f32>)>,
-    labels: Labels,
     rng: ChaCha8Rng,
 }
 
@@ -324,13 +314,12 @@ impl Scenes {
         let scenes = read_rows(glob, None, &mut |batch, r| {
             let Some((rgb, h, w)) = scene_image(batch, r, &mut seen)? else { return Ok(None) };
             let id = row_text(batch, "sample_id", r)?;
-            Ok(Some((rgb, h, w, depth_map(batch, r, &id, shape.depth_side)?)))
+            Ok(row_depth_target(batch, r, &id, shape.depth_side)?.map(|map| (rgb, h, w, map)))
         })?;
         if scenes.is_empty() {
             bail!("`{glob}` has no row with a plain scene image (a task other than points)");
         }
-        let labels = Labels { at: shape.label_at, marker_scale: 0 };
-        Ok(Self { shape, scenes, labels, rng: ChaCha8Rng::seed_from_u64(seed ^ 0x71ED_3A2C) })
+        Ok(Self { shape, scenes, rng: ChaCha8Rng::seed_from_u64(seed ^ 0x71ED_3A2C) })
     }
 
     fn len(&self) -> usize {
@@ -342,13 +331,10 @@ impl Scenes {
         let mut rows = Vec::with_capacity(idx.len());
         for &i in idx {
             let (rgb, h, w, map) = self.scenes.get(i).with_context(|| format!("no scene {i}"))?;
-            let (mut rgb, h, w) = (rgb.clone(), *h, *w);
-            let n = self.rng.random_range(3..=5);
-            let (wu, hu) = (w as u32, h as u32);
-            let mut canvas = Canvas { rgb: &mut rgb, width: wu, height: hu };
-            let points =
-                draw_random_markers(&mut canvas, &self.labels.style(wu, hu), n, PLACEMENT_ATTEMPTS, &mut self.rng)
-                    .with_context(|| format!("scene {i}: no room for {n} markers on a {w}x{h} image"))?;
+            let (h, w) = (*h, *w);
+            let labels = Labels { at: self.shape.label_at, marker_scale: 0 };
+            let (rgb, points) =
+                with_fresh_markers(rgb, h, w, labels, &mut self.rng).with_context(|| format!("scene {i}"))?;
             // drawn in letter order: A is class 1
             let points: Vec<(i64, i64)> = points.iter().map(|&(x, y)| (i64::from(x), i64::from(y))).collect();
             let (letters, levels) = self.shape.labels(map, w as i64, h as i64, &points)?;
@@ -360,15 +346,6 @@ impl Scenes {
         }
         Ok(stack(&rows, self.shape))
     }
-}
-
-/// Row `r`'s depth target (`side x side`, +1 = nearest).
-fn depth_map(batch: &RecordBatch, r: usize, id: &str, side: usize) -> anyhow::Result<Vec<f32>> {
-    let scale_col = batch.column_by_name("depth_scale").context("column `depth_scale` is missing")?;
-    let scale =
-        scale_col.as_any().downcast_ref::<Float32Array>().context("column `depth_scale` is not float32")?.value(r);
-    let png = row_png(batch, "depth", r, id)?;
-    depth_target_from_png(png, scale, side).map_err(|e| anyhow::anyhow!("sample {id}: depth: {e}"))
 }
 
 /// Row `r` prepared, when it is a point question.
@@ -388,7 +365,7 @@ fn point_question(batch: &RecordBatch, r: usize, shape: Shape) -> anyhow::Result
         bail!("sample {id}: the point labels {:?} are not A, B, ... each once", m.labels);
     }
     let points: Vec<(i64, i64)> = ordered.iter().map(|&(_, p)| p).collect();
-    let map = depth_map(batch, r, &id, shape.depth_side)?;
+    let Some(map) = row_depth_target(batch, r, &id, shape.depth_side)? else { return Ok(None) };
     let (letters, levels) = shape.labels(&map, m.width, m.height, &points).with_context(|| format!("sample {id}"))?;
     let (rgb, h, w) =
         decode_png_rgb(row_png(batch, "image", r, &id)?).map_err(|e| anyhow::anyhow!("sample {id}: image: {e}"))?;
@@ -414,7 +391,18 @@ mod tests {
         // carried by the token over (35, 35): the level of the point at (3, 3)
         let levels = token_levels(&map, 4, 40, 40, 2, &[((35, 35), (3, 3))]);
         assert_eq!(levels, vec![i64::from(point_level(0.0)), 0, 0, 19]);
-        let letters = token_letters(&[((3, 3), 2), ((35, 5), 1)], 40, 40, 2).unwrap();
-        assert_eq!(letters, vec![2, 1, 0, 0]);
+        // the letters go where --label-at says, with the point's level
+        let at = |label_at| Shape { size: 40, grid: 2, depth_side: 4, label_at };
+        let (letters, levels) = at(LabelAt::Point).labels(&map, 40, 40, &[(3, 3), (35, 35)]).unwrap();
+        assert_eq!((letters, levels), (vec![1, 0, 0, 2], vec![19, 0, 0, 0]));
+        // on a 128 px image with 10x10 tokens, a point at (64, 64) is token 55 and its letter box is over token 45,
+        // which then carries the point's level (map pixel 10) instead of its own cell's (map pixel 6)
+        let mut map = vec![-1.0f32; 16];
+        map[10] = 1.0;
+        let at = |label_at| Shape { size: 128, grid: 10, depth_side: 4, label_at };
+        let (letters, levels) = at(LabelAt::Point).labels(&map, 128, 128, &[(64, 64)]).unwrap();
+        assert_eq!((letters[55], levels[55], levels[45]), (1, 19, 0));
+        let (letters, levels) = at(LabelAt::Letter).labels(&map, 128, 128, &[(64, 64)]).unwrap();
+        assert_eq!((letters[45], letters[55], levels[45]), (1, 0, 19));
     }
 }

@@ -7,10 +7,11 @@ use std::fs::File;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::array::{Array, Float32Array, RecordBatch, StringArray};
 use indicatif::{ProgressBar, ProgressStyle};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use perceptio_actors::image_decode::image_bytes;
+use perceptio_models::depth::depth_target_from_png;
 
 /// The files `glob` matches, sorted; an error when it matches none.
 pub fn parquet_files(glob: &str) -> anyhow::Result<Vec<PathBuf>> {
@@ -109,11 +110,10 @@ impl StepProgress {
 
     /// Step `step` is done; `numbers` are its running numbers ("depth MSE 0.0210").
     pub fn step(&self, step: usize, numbers: String) {
-        self.bar.set_position(step as u64);
         if step % self.every == 0 {
-            let line = format!("step {step}: {numbers}");
-            if self.bar.is_hidden() { println!("{line}") } else { self.bar.println(line) }
+            return self.step_and_print(step, numbers);
         }
+        self.bar.set_position(step as u64);
         self.bar.set_message(numbers);
     }
 
@@ -194,4 +194,20 @@ mod tests {
         }
         assert_ne!(Shuffled::new(10, 3).take(10), Shuffled::new(10, 4).take(10));
     }
+}
+
+/// Row `r`'s depth target, `side x side` in the tokenizer's units (+1 = nearest), from its `depth` PNG and
+/// `depth_scale`; None when the row has no depth (a null `depth` or a scale of 0). Errors name the column or the
+/// sample `id`.
+pub fn row_depth_target(batch: &RecordBatch, r: usize, id: &str, side: usize) -> anyhow::Result<Option<Vec<f32>>> {
+    let scale_col = batch.column_by_name("depth_scale").context("column `depth_scale` is missing")?;
+    let scale =
+        scale_col.as_any().downcast_ref::<Float32Array>().context("column `depth_scale` is not float32")?.value(r);
+    let depth_col = batch.column_by_name("depth").context("column `depth` is missing")?;
+    if depth_col.is_null(r) || scale <= 0.0 {
+        return Ok(None);
+    }
+    let png = row_png(batch, "depth", r, id)?;
+    let map = depth_target_from_png(png, scale, side).map_err(|e| anyhow::anyhow!("sample {id}: depth: {e}"))?;
+    Ok(Some(map))
 }

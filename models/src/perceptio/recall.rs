@@ -56,13 +56,11 @@ pub struct RecallTask {
     tok: TextTokenizer,
     question: String,
     image_last: bool,
-    im_end: u32,
+    sp: SpecialTokens,
     /// Token of each level `0..POINT_LEVELS`.
     level_ids: Vec<u32>,
     /// Token of each letter.
     letter_ids: Vec<u32>,
-    /// `<d_start>`, `<d_end>`, the first code and the code count, when questions may carry a span.
-    span_tokens: (u32, u32, u32, usize),
     /// Codes in a span, and the share of questions that get one (0: none).
     span: (usize, f64),
 }
@@ -78,10 +76,9 @@ impl RecallTask {
             tok: tok.clone(),
             question: question.to_string(),
             image_last,
-            im_end: sp.im_end,
+            sp: *sp,
             level_ids,
             letter_ids,
-            span_tokens: (sp.d_start, sp.d_end, sp.code0, sp.num_codes),
             span: (0, 0.0),
         })
     }
@@ -122,7 +119,7 @@ impl RecallTask {
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(rng);
         let (len, share) = self.span;
-        let (_, _, _, num_codes) = self.span_tokens;
+        let num_codes = self.sp.num_codes;
         let codes: Vec<usize> = if len > 0 && num_codes > 0 && rng.random_bool(share) {
             (0..len).map(|_| rng.random_range(0..num_codes)).collect()
         } else {
@@ -137,14 +134,14 @@ impl RecallTask {
         if codes.is_empty() {
             return Ok(s);
         }
-        let (d_start, d_end, code0, num_codes) = self.span_tokens;
-        if let Some(k) = codes.iter().find(|&&k| k >= num_codes) {
-            return Err(RecallError::Question(format!("depth code {k} is not one of the {num_codes} codes")));
+        let sp = &self.sp;
+        if let Some(k) = codes.iter().find(|&&k| k >= sp.num_codes) {
+            return Err(RecallError::Question(format!("depth code {k} is not one of the {} codes", sp.num_codes)));
         }
         let mut span = Vec::with_capacity(codes.len() + 2);
-        span.push(d_start);
-        span.extend(codes.iter().map(|&k| code0 + k as u32));
-        span.push(d_end);
+        span.push(sp.d_start);
+        span.extend(codes.iter().map(|&k| sp.code(k)));
+        span.push(sp.d_end);
         let shift = span.len();
         s.ids.splice(s.answer_start..s.answer_start, span);
         s.answer_start += shift;
@@ -195,7 +192,7 @@ impl RecallTask {
         };
         let letter_at = ids.len() + k;
         ids.extend(letter_ids);
-        ids.push(self.im_end);
+        ids.push(self.sp.im_end);
         Ok(RecallSample { ids, answer_start, levels: stated, letter_at, nearest, points: levels.len() })
     }
 }
@@ -269,7 +266,7 @@ mod tests {
         let spans = (0..400)
             .filter(|_| {
                 let s = task.sample(&mut rng).unwrap();
-                s.ids[s.answer_start - 1] == task.span_tokens.1
+                s.ids[s.answer_start - 1] == task.sp.d_end
             })
             .count();
         assert!((160..240).contains(&spans), "{spans} of 400");

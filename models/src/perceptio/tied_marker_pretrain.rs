@@ -9,7 +9,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::image_pretrain::{ImagePretrainConfig, ImagePretrainError, fit, pixels_tensor, token_grid};
 use super::marker_pretrain::MARKER_CLASSES;
@@ -167,23 +167,15 @@ pub fn tied_embedding_loss(
     batch: TiedBatch,
 ) -> Result<Tensor<1>, ImagePretrainError> {
     let b = model.checked(&batch)?;
-    let d = rows.d;
     let n = batch.levels.len();
-    let mut target = vec![0f32; n * d];
-    for (i, (&letter, &level)) in batch.letters.iter().zip(&batch.levels).enumerate() {
-        let out = &mut target[i * d..(i + 1) * d];
-        let level_row = &rows.levels[level as usize * d..(level as usize + 1) * d];
-        out.iter_mut().zip(level_row).for_each(|(o, v)| *o += v);
-        if letter > 0 {
-            let letter_row = &rows.letters[(letter as usize - 1) * d..letter as usize * d];
-            out.iter_mut().zip(letter_row).for_each(|(o, v)| *o += v);
-        }
-    }
-    let energy: f32 = target.iter().map(|v| v * v).sum::<f32>().max(f32::MIN_POSITIVE);
     let device = model.none.device();
-    let target = Tensor::<2>::from_data(TensorData::new(target, [n, d]), &device); // [N, d]
+    let (letter_rows, level_rows) = rows.tensors(&device); // [5, d], [L, d]
+    let letter_rows = Tensor::cat(vec![letter_rows.zeros_like().slice([0..1]), letter_rows], 0); // [6, d]: none = 0
+    let index = |v: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &device); // [N]
+    let target = level_rows.select(0, index(batch.levels)) + letter_rows.select(0, index(batch.letters)); // [N, d]
+    let energy = target.clone().powi_scalar(2).sum().clamp_min(f32::MIN_POSITIVE); // [1]
     let tokens = model.part.forward(pixels_tensor(batch.pixels, b, batch.image_size, &device)); // [B, T, d]
-    let tokens = tokens.reshape([n, d]); // [N, d]
+    let tokens = tokens.reshape([n, rows.d]); // [N, d]
     Ok((tokens - target).powi_scalar(2).sum() / energy) // [1]
 }
 
@@ -321,6 +313,44 @@ mod tests {
         assert!(err.contains("token id 30 is outside the 30-row embedding"), "{err}");
         let err = VocabularyRows::new(emb, &letters[..4], &levels).unwrap_err().to_string();
         assert!(err.contains("4 letters and 20 levels"), "{err}");
+    }
+
+    #[test]
+    fn the_embedding_target_is_the_level_row_plus_the_marked_letter_row() {
+        let device = Device::flex();
+        let mut cfg = PerceptioConfig::tiny(64, 3);
+        cfg.align_image_with_depth_grid();
+        device.seed(2);
+        let part = cfg.init_image(&device);
+        let grid = token_grid(&part, cfg.vlm.vision.image_size);
+        let d = cfg.vlm.text.hidden_size;
+        let emb = Tensor::<2>::random([40, d], burn::tensor::Distribution::Normal(0.0, 0.5), &device);
+        let rows = VocabularyRows::new(emb, &[1, 2, 3, 4, 5], &(20..40).collect::<Vec<u32>>()).unwrap();
+        let model = EncoderWithTiedHeads::new(part, &device);
+        let batch = squares(&cfg, grid, 2, 7);
+        let loss = tied_embedding_loss(&model, &rows, batch.clone()).unwrap().into_scalar::<f32>();
+        // the same on the host
+        let b = batch.letters.len() / (grid * grid);
+        let tokens: Vec<f32> = model
+            .part
+            .forward(pixels_tensor(batch.pixels.clone(), b, batch.image_size, &device))
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap();
+        let (mut err, mut energy) = (0f64, 0f64);
+        for (i, (&letter, &level)) in batch.letters.iter().zip(&batch.levels).enumerate() {
+            for k in 0..d {
+                let mut t = rows.levels[level as usize * d + k];
+                if letter > 0 {
+                    t += rows.letters[(letter as usize - 1) * d + k];
+                }
+                err += f64::from(tokens[i * d + k] - t).powi(2);
+                energy += f64::from(t).powi(2);
+            }
+        }
+        let want = err / energy;
+        assert!((f64::from(loss) - want).abs() < 1e-4 * want, "{loss} against {want}");
     }
 
     #[test]

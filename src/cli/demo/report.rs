@@ -23,9 +23,10 @@ use super::plot::{Series, line_plot, smooth};
 use super::samples::SampleLine;
 use crate::cli::pretrain_appearance::{AppearanceSummary, ShapeTarget, accuracy_line};
 use crate::cli::pretrain_markers::LabelAt;
+use crate::cli::pretrain_markers::MarkerPretrainSummary;
 use crate::cli::pretrain_recall::{RecallSummary, accuracy_line as recall_line};
 use crate::cli::pretrain_sam2::{PointIou, PretrainSummary};
-use crate::cli::pretrain_tied_markers::{TiedMarkerSummary, held_out_line as tied_line};
+use crate::cli::pretrain_tied_markers::held_out_line as tied_line;
 use perceptio_models::perceptio::tied_marker_pretrain::TiedAccuracy;
 
 /// Per-micro-batch loss terms of one training run (`None` where a batch had no such term).
@@ -157,7 +158,7 @@ pub struct Report {
     /// The LLM's text-only recall stage, when it ran.
     pub recall: Option<RecallSummary>,
     /// The image encoder's tied-marker stage and its held-out measure, when it ran.
-    pub tied_markers: Option<(TiedMarkerSummary, Option<TiedAccuracy>)>,
+    pub tied_markers: Option<(MarkerPretrainSummary, Option<TiedAccuracy>)>,
     pub model: Option<PerceptioConfig>,
     pub runs: Vec<RunResult>,
     pub curves_png: Option<PathBuf>,
