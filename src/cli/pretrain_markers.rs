@@ -137,6 +137,14 @@ pub struct MarkerPretrainSummary {
     pub secs: f64,
 }
 
+impl MarkerPretrainSummary {
+    /// The summary of a run of `steps` steps on `images` images, begun at `start`, with its loss `history`.
+    pub(super) fn of_run(history: &[f64], steps: usize, images: usize, start: Instant) -> Self {
+        let (first_loss, last_loss, window) = first_and_last_means(history, steps);
+        Self { first_loss, last_loss, window, images, secs: start.elapsed().as_secs_f64() }
+    }
+}
+
 /// Runs `perceptio pretrain-markers`.
 pub fn run(args: &PretrainMarkersArgs) -> anyhow::Result<()> {
     let cfg = ImagePretrainConfig::new().with_steps(args.steps).with_batch_size(args.batch_size).with_lr(args.lr);
@@ -226,14 +234,7 @@ pub fn pretrain_with(
         save_part(model_dir, Part::Image, &model.part)?;
     }
 
-    let (first_loss, last_loss, window) = first_and_last_means(&history, steps);
-    let summary = MarkerPretrainSummary {
-        first_loss,
-        last_loss,
-        window,
-        images: data.len(),
-        secs: start.elapsed().as_secs_f64(),
-    };
+    let summary = MarkerPretrainSummary::of_run(&history, steps, data.len(), start);
     let held = match val_glob {
         None => None,
         Some(glob) => Some(PointQuestions::read(glob, size, grid, labels)?.accuracy(&model.valid())?),

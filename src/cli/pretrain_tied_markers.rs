@@ -32,7 +32,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::pretrain_markers::{LabelAt, Labels, MarkerPretrainSummary, scene_image, with_fresh_markers};
-use super::rows::{Shuffled, StepProgress, first_and_last_means, read_rows, row_depth_target, row_png, row_text};
+use super::rows::{Shuffled, StepProgress, read_rows, row_depth_target, row_png, row_text};
 
 /// The learning rate and letter weight of the stage (`pretrain-markers`' defaults).
 pub const DEFAULT_LR: f64 = 3e-3;
@@ -197,14 +197,7 @@ pub fn pretrain_with(
     progress.finish();
     save_part(model_dir, Part::Image, &model.part)?;
 
-    let (first_loss, last_loss, window) = first_and_last_means(&history, steps);
-    let summary = MarkerPretrainSummary {
-        first_loss,
-        last_loss,
-        window,
-        images: data.len(),
-        secs: start.elapsed().as_secs_f64(),
-    };
+    let summary = MarkerPretrainSummary::of_run(&history, steps, data.len(), start);
     let held = match val_glob {
         None => None,
         Some(glob) => {
