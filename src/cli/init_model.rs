@@ -61,6 +61,10 @@ pub struct InitModelArgs {
     /// vocabulary gets the chain's words (docs/points.md, section 8).
     #[arg(long)]
     pub point_reasoning: bool,
+    /// Each depth code takes the RoPE position of the image token of its cell, and the answer after the span sits
+    /// as close to the image as it would without one (needs one image token per code: `--align-depth-grid`).
+    #[arg(long)]
+    pub span_at_image_positions: bool,
 }
 
 impl InitModelArgs {
@@ -71,6 +75,7 @@ impl InitModelArgs {
         }
         cfg.seg_grounding |= self.seg_grounding;
         cfg.point_reasoning |= self.point_reasoning;
+        cfg.span_at_image_positions |= self.span_at_image_positions;
         if let Some(size) = self.image_size {
             cfg.vlm.vision.image_size = size;
         }

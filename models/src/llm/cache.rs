@@ -41,7 +41,15 @@ impl KvCache {
     /// Records `new_pad` (`[batch][new]`) and returns the position ids of the new tokens and
     /// the additive attention bias `[batch, 1, new, slots + new]` (0 = visible, -1e30 =
     /// masked: future slots and padding; a padding query sees itself so no row is empty).
-    pub(crate) fn advance(&mut self, new_pad: &[Vec<bool>], device: &Device) -> (Vec<Vec<usize>>, Tensor<4>) {
+    ///
+    /// `placed` (`[batch][new]`) gives the new tokens' positions instead of the count of real tokens; the next
+    /// count then follows the highest real position placed.
+    pub(crate) fn advance(
+        &mut self,
+        new_pad: &[Vec<bool>],
+        placed: Option<&[Vec<usize>]>,
+        device: &Device,
+    ) -> (Vec<Vec<usize>>, Tensor<4>) {
         let b = self.batch();
         let s = new_pad.first().map_or(0, |p| p.len());
         let past = self.slots();
@@ -50,10 +58,20 @@ impl KvCache {
         let mut bias = Vec::with_capacity(b * s * t);
         for (i, pads) in new_pad.iter().enumerate() {
             let mut row_pos = Vec::with_capacity(s);
-            for &p in pads {
-                row_pos.push(self.next_pos[i]);
-                if !p {
-                    self.next_pos[i] += 1;
+            for (j, &p) in pads.iter().enumerate() {
+                match placed.and_then(|rows| rows.get(i)).and_then(|row| row.get(j)) {
+                    Some(&at) => {
+                        row_pos.push(at);
+                        if !p {
+                            self.next_pos[i] = self.next_pos[i].max(at + 1);
+                        }
+                    }
+                    None => {
+                        row_pos.push(self.next_pos[i]);
+                        if !p {
+                            self.next_pos[i] += 1;
+                        }
+                    }
                 }
             }
             positions.push(row_pos);

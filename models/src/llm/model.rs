@@ -42,6 +42,17 @@ impl Qwen2Model {
     /// Without a cache the batch is taken as unpadded and causal. With one, `pad` (`[b][s]`)
     /// marks padding among the new tokens (left padding) and the cache grows by `s` slots.
     pub fn forward_embeds(&self, x: Tensor<3>, pad: Option<&[Vec<bool>]>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.forward_embeds_at(x, pad, cache, None)
+    }
+
+    /// [`Self::forward_embeds`] with the tokens' position ids given (`[b][s]`; None: counted, one per real token).
+    pub fn forward_embeds_at(
+        &self,
+        x: Tensor<3>,
+        pad: Option<&[Vec<bool>]>,
+        cache: Option<&mut KvCache>,
+        positions: Option<&[Vec<usize>]>,
+    ) -> Tensor<3> {
         let [b, s, _] = x.dims();
         let device = x.device();
         let dtype = x.dtype();
@@ -56,7 +67,7 @@ impl Qwen2Model {
             }
         };
         let use_cache = !cache.layers.is_empty();
-        let (positions, bias) = cache.advance(pad, &device);
+        let (positions, bias) = cache.advance(pad, positions, &device);
         let bias = bias.cast(dtype); // [b, 1, s, t]
         let rope = Rope::new(&positions, self.head_dim, self.rope_theta, &device).cast(dtype);
         let mut x = x;

@@ -7,6 +7,7 @@
 //! - `loss`: every loss term as a function with hand-checked tests.
 //! - `model`: the parts (image encoder, LLM with added-token rows, SAM2 + `[SEG]` head, VQ-VAE) and presets.
 //! - `heads`: the `[SEG]` projection and the gather of `[SEG]` hidden states.
+//! - `positions`: the tokens' RoPE positions (a depth span at its image cells' positions, when configured).
 //! - `optim`: AdamW, warm-up + cosine schedule, accumulation, global-norm clipping, saved state.
 //! - `decode`: constrained decoding of the depth span and greedy generation keeping the `[SEG]` state.
 //! - `stepper`: the same decoding one step at a time, for a batch that requests join and leave (serving).
@@ -28,6 +29,7 @@ pub mod loss;
 pub mod marker_pretrain;
 pub mod model;
 pub mod optim;
+pub mod positions;
 pub mod predict;
 pub mod recall;
 pub mod recall_pretrain;

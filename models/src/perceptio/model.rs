@@ -8,6 +8,7 @@ use burn::module::{Module, Param};
 use burn::prelude::*;
 
 use super::heads::{SegGrounding, SegGroundingConfig, SegProjection, SegProjectionConfig};
+use super::positions::{PositionCounter, SpanPositions};
 use crate::depth::{DepthError, VqVae, VqVaeConfig};
 use crate::internvl::InternVlConfig;
 use crate::llm::{LoraConfig, LoraError, Qwen2ForCausalLM, ids_tensor};
@@ -58,6 +59,12 @@ pub struct PerceptioConfig {
     /// the tokenizer must hold the chain's words (`sequence::point_chain_vocabulary`).
     #[config(default = false)]
     pub point_reasoning: bool,
+    /// The k-th code of a depth span takes the RoPE position of the k-th image token, the image cell it describes
+    /// (`positions`), and the text after the span goes on from the position after `<d_start>`: the answer sits as
+    /// close to the image as it would without the span. Off in the paper's architecture (one position per
+    /// token); needs one image token per code.
+    #[config(default = false)]
+    pub span_at_image_positions: bool,
 }
 
 /// Errors of building or running the model.
@@ -174,6 +181,17 @@ impl PerceptioConfig {
         if !(self.depth_temperature > 0.0) {
             return bad("depth_temperature", format!("{} is not positive", self.depth_temperature));
         }
+        if self.span_at_image_positions && self.image_tokens() != self.vqvae.num_tokens() {
+            return bad(
+                "span_at_image_positions",
+                format!(
+                    "needs one image token per depth code, but the image gives {} tokens and the span holds {} \
+                     codes (`align_image_with_depth_grid` lays the image out so)",
+                    self.image_tokens(),
+                    self.vqvae.num_tokens()
+                ),
+            );
+        }
         self.vqvae.validate()?;
         Ok(())
     }
@@ -214,6 +232,19 @@ impl PerceptioConfig {
             new_embed: Param::from_tensor(Tensor::random([self.added_tokens, d], dist, device)),
             new_head: Param::from_tensor(Tensor::random([self.added_tokens, d], dist, device)),
             image_token_id: self.vlm.image_token_id,
+            positions: self.span_positions(),
+        })
+    }
+
+    /// The position rule of the LLM's tokens: Some when `span_at_image_positions` is on. The added tokens follow
+    /// the base vocabulary in `tokens::added_tokens` order: `[SEG]`, `<d_start>`, `<d_end>`, `<d_0>`...
+    pub fn span_positions(&self) -> Option<SpanPositions> {
+        let base = self.vlm.text.vocab_size as u32;
+        self.span_at_image_positions.then(|| SpanPositions {
+            image_token: self.vlm.image_token_id as u32,
+            d_start: base + 1,
+            code0: base + 3,
+            num_codes: self.num_codes(),
         })
     }
 
@@ -268,6 +299,9 @@ pub struct LlmPart {
     /// `[A, d]`
     pub new_head: Param<Tensor<2>>,
     pub image_token_id: usize,
+    /// Where the tokens sit (None: one position after another); from the config, not saved with the weights.
+    #[module(skip)]
+    pub positions: Option<SpanPositions>,
 }
 
 /// What the LLM part returns for a teacher-forced batch.
@@ -339,7 +373,10 @@ impl LlmPart {
     /// Teacher-forced forward over a right-padded batch (causal attention; padding only follows real tokens).
     pub fn forward(&self, ids: &[Vec<u32>], image: Option<Tensor<3>>) -> Result<LlmOutput, ModelError> {
         let x = self.embed(ids, image)?; // [B, S, d]
-        let hidden = self.language_model.model.forward_embeds(x, None, None); // [B, S, d]
+        let placed = self
+            .positions
+            .map(|rule| ids.iter().map(|row| PositionCounter::positions(Some(rule), row)).collect::<Vec<_>>());
+        let hidden = self.language_model.model.forward_embeds_at(x, None, None, placed.as_deref()); // [B, S, d]
         let logits = self.logits(hidden.clone()); // [B, S, V + A]
         Ok(LlmOutput { hidden, logits })
     }

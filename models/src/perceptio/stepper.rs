@@ -9,12 +9,15 @@ use super::decode::{DecodeEvent, Generated, SpanConstraint, constraint_masks};
 use super::heads::image_hidden;
 use super::layout::SpecialTokens;
 use super::model::{LlmPart, ModelError};
+use super::positions::PositionCounter;
 use crate::llm::{KvCache, left_pad};
 
 /// One running sequence.
 struct Row {
     tag: usize,
     constraint: SpanConstraint,
+    /// Places the row's tokens (after its prompt) under the LLM's position rule.
+    positions: PositionCounter,
     out: Generated,
 }
 
@@ -76,9 +79,22 @@ impl Stepper {
         }
         let (ids, pad) = left_pad(prompts, self.sp.pad);
         let x = llm.embed(&ids, image)?; // [n, S, d]
+        let mut counters: Vec<PositionCounter> = prompts.iter().map(|_| PositionCounter::new(llm.positions)).collect();
+        // the prompts' positions, left-padded like their ids (padding is masked; its position is never read)
+        let placed: Option<Vec<Vec<usize>>> = llm.positions.map(|_| {
+            prompts
+                .iter()
+                .zip(&mut counters)
+                .zip(&pad)
+                .map(|((p, c), row_pad)| {
+                    let pads = row_pad.len() - p.len();
+                    std::iter::repeat_n(0, pads).chain(p.iter().map(|&t| c.place(t))).collect()
+                })
+                .collect()
+        });
         let lm = &llm.language_model;
         let mut cache = KvCache::new(lm.model.layers.len(), n);
-        let h = lm.model.forward_embeds(x, Some(&pad), Some(&mut cache)); // [n, S, d]
+        let h = lm.model.forward_embeds_at(x, Some(&pad), Some(&mut cache), placed.as_deref()); // [n, S, d]
         let [_, s, d] = h.dims();
         let rows: Vec<usize> = (0..n).collect();
         let images = self
@@ -97,13 +113,13 @@ impl Stepper {
             Some(running) => running.append(cache),
             None => self.cache = Some(cache),
         }
-        for (i, (p, &tag)) in prompts.iter().zip(tags).enumerate() {
+        for (i, ((p, &tag), positions)) in prompts.iter().zip(tags).zip(counters).enumerate() {
             let constraint = SpanConstraint::after_prompt(p, &self.sp, self.span_len);
             let image = images.as_ref().map(|all| {
                 let [_, t, d] = all.dims();
                 all.clone().slice([i..i + 1, 0..t, 0..d]).reshape([t, d]) // [T, d]
             });
-            self.rows.push(Row { tag, constraint, out: Generated::empty(image) });
+            self.rows.push(Row { tag, constraint, positions, out: Generated::empty(image) });
         }
         Ok(())
     }
@@ -179,8 +195,11 @@ impl Stepper {
         let feed: Vec<Vec<u32>> = self.rows.iter().map(|r| vec![*r.out.ids.last().expect("just pushed")]).collect();
         let x = llm.embed(&feed, None)?; // [B', 1, d]
         let step_pad: Vec<Vec<bool>> = vec![vec![false]; feed.len()];
+        let placed: Option<Vec<Vec<usize>>> = llm
+            .positions
+            .map(|_| self.rows.iter_mut().zip(&feed).map(|(r, f)| vec![r.positions.place(f[0])]).collect());
         let cache = self.cache.as_mut().expect("rows are running");
-        let last = llm.language_model.model.forward_embeds(x, Some(&step_pad), Some(cache)); // [B', 1, d]
+        let last = llm.language_model.model.forward_embeds_at(x, Some(&step_pad), Some(cache), placed.as_deref()); // [B', 1, d]
         let d = last.dims()[2];
         let mut keep: Vec<usize> = Vec::with_capacity(feed.len());
         for (i, row) in self.rows.iter_mut().enumerate() {
@@ -239,14 +258,32 @@ mod tests {
         p
     }
 
+    /// The tiny LLM, with the depth span placed at the image's positions when `at_image` (its 16 image tokens
+    /// then take a 16-code span).
+    fn tiny_llm(device: &Device, at_image: bool) -> LlmPart {
+        let mut cfg = PerceptioConfig::tiny(BASE, IMG as usize);
+        cfg.span_at_image_positions = at_image;
+        cfg.init_llm(device).unwrap()
+    }
+
     #[test]
     fn sequences_that_join_a_running_batch_generate_what_they_generate_alone() {
+        joined_rows_generate_what_they_generate_alone(false);
+    }
+
+    #[test]
+    fn under_the_span_position_rule_joined_rows_generate_what_they_generate_alone() {
+        joined_rows_generate_what_they_generate_alone(true);
+    }
+
+    fn joined_rows_generate_what_they_generate_alone(at_image: bool) {
         let device = Device::flex();
         device.seed(3);
-        let llm = PerceptioConfig::tiny(BASE, IMG as usize).init_llm(&device).unwrap();
+        let llm = tiny_llm(&device, at_image);
         let sp = sp();
-        // `b` is longer than `a` after its first steps (the running batch is left-padded), `c` shorter (it is)
-        let prompts = [prompt(&[9, 10, 11]), prompt(&[12; 14]), prompt(&[13])];
+        // `b` is longer than `a` after its first steps (the running batch is left-padded), `c` shorter (it is);
+        // `c` opens its span in the prompt
+        let prompts = [prompt(&[9, 10, 11]), prompt(&[12; 14]), prompt(&[13, sp.d_start])];
         let images: Vec<Tensor<3>> =
             (0..3).map(|_| Tensor::<3>::random([1, 16, 128], Distribution::Normal(0.0, 1.0), &device)).collect();
         let limits = [40usize, 12, 9];
@@ -257,7 +294,7 @@ mod tests {
                     &llm,
                     &one,
                     Some(images[i].clone()),
-                    Stepper::new(sp, 100),
+                    Stepper::new(sp, 16),
                     limits[i],
                     &mut |_| true,
                 );
@@ -265,7 +302,7 @@ mod tests {
             })
             .collect();
 
-        let mut stepper = Stepper::new(sp, 100);
+        let mut stepper = Stepper::new(sp, 16);
         let mut got: Vec<Option<Vec<u32>>> = vec![None; 3];
         let mut counts = [0usize; 3];
         let joins = [(0usize, 0usize), (5, 1), (8, 2)]; // (step, row)
@@ -293,6 +330,46 @@ mod tests {
         for i in 0..3 {
             assert_eq!(got[i].as_ref(), Some(&alone[i]), "row {i}: joined and alone generate the same ids");
         }
+    }
+
+    #[test]
+    fn under_the_span_position_rule_each_decoded_token_is_what_the_teacher_forced_pass_predicts() {
+        let device = Device::flex();
+        device.seed(5);
+        let sp = sp();
+        let llm = tiny_llm(&device, true);
+        let image = Tensor::<3>::random([1, 16, 128], Distribution::Normal(0.0, 1.0), &device); // [1, 16, d]
+        let p = prompt(&[9, 10, sp.d_start]);
+        let one = [p.clone()];
+        let ids_out =
+            generate_from_image_tokens(&llm, &one, Some(image.clone()), Stepper::new(sp, 16), 24, &mut |_| true);
+        let ids_out = ids_out.unwrap().remove(0).ids;
+        assert_eq!(ids_out.len(), 24);
+        assert!(ids_out[..16].iter().all(|&t| sp.is_code(t)) && ids_out[16] == sp.d_end, "{ids_out:?}");
+        // the whole sequence in one teacher-forced pass: each generated token is the constrained arg-max there
+        let ids = [[p.clone(), ids_out[..23].to_vec()].concat()];
+        let v = llm.vocab_size();
+        let logits = |llm: &LlmPart| -> Vec<f32> {
+            let out = llm.forward(&ids, Some(image.clone())).unwrap();
+            out.logits.into_data().convert::<f32>().try_to_vec::<f32>().unwrap() // [1, S, V]
+        };
+        let forced = logits(&llm);
+        let mut c = SpanConstraint::after_prompt(&p, &sp, 16);
+        for (j, &t) in ids_out.iter().enumerate() {
+            let at = p.len() - 1 + j;
+            let mut row = forced[at * v..(at + 1) * v].to_vec();
+            c.apply(&mut row, &sp);
+            let best = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            assert!(best - row[t as usize] < 1e-3, "token {j} ({t}): {} below the best {best}", row[t as usize]);
+            c.advance(t, &sp);
+        }
+        // and the rule is what placed them: one position per token gives other logits from the first code on
+        let plain = LlmPart { positions: None, ..llm.clone() };
+        let sequential = logits(&plain);
+        let at = p.len() * v; // the logits after the first code
+        let diff = forced[at..].iter().zip(&sequential[at..]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let same = forced[..at].iter().zip(&sequential[..at]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff > 1e-3 && same < 1e-5, "after the first code {diff}, before it {same}");
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct DemoArgs {
     /// image, so more of them give the point answers more variety at no cost in steps.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub points_per_scene: u32,
+    /// The full model's depth codes take the RoPE positions of the image tokens of their cells, so that its
+    /// answer sits as close to the image as the ablation's (`init-model --span-at-image-positions`).
+    #[arg(long)]
+    pub span_at_image_positions: bool,
     /// LLM pretraining steps on text-only recall questions (`perceptio pretrain-recall`), before Perceptio
     /// training, shared by both models (default 0: off; needs --point-reasoning; docs/points.md, section 10).
     #[arg(long, requires = "point_reasoning")]
@@ -143,6 +147,7 @@ pub struct Plan {
     pub freeze_encoder: bool,
     pub point_reasoning: bool,
     pub points_per_scene: u32,
+    pub span_at_image_positions: bool,
     pub recall_steps: usize,
     pub tied_marker_steps: usize,
     pub tied_label_at: LabelAt,
@@ -165,6 +170,7 @@ impl DemoArgs {
             freeze_encoder: self.freeze_encoder,
             point_reasoning: self.point_reasoning,
             points_per_scene: self.points_per_scene,
+            span_at_image_positions: self.span_at_image_positions,
             recall_steps: self.recall_steps.unwrap_or(0),
             tied_marker_steps: self.tied_marker_steps.unwrap_or(0),
             tied_label_at: self.tied_label_at,
@@ -320,6 +326,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         cfg.align_image_with_depth_grid();
         cfg.seg_grounding = true;
         cfg.point_reasoning = plan.point_reasoning;
+        cfg.span_at_image_positions = plan.span_at_image_positions;
     };
     let (model_cfg, _) = init_tiny_model_with(&texts, &vqvae, &init, args.seed, &demo_layout)?;
     report.model = Some(model_cfg);
@@ -403,8 +410,11 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
 
     if plan.freeze_encoder {
-        if plan.appearance_steps == 0 {
-            println!("image encoder: kept fixed at its initial (random) weights: --appearance-steps is 0");
+        if plan.appearance_steps == 0 && plan.tied_marker_steps == 0 {
+            println!(
+                "image encoder: kept fixed at its initial (random) weights: --appearance-steps and \
+                 --tied-marker-steps are 0"
+            );
         }
         let mut cfg = read_config(&init)?;
         cfg.trainable.vision_encoder = false;

@@ -393,6 +393,9 @@ impl Report {
         if p.points_per_scene != 1 {
             flags += &format!(" --points-per-scene {}", p.points_per_scene);
         }
+        if p.span_at_image_positions {
+            flags += " --span-at-image-positions";
+        }
         if p.recall_steps > 0 {
             flags += &format!(" --recall-steps {}", p.recall_steps);
         }
@@ -658,6 +661,7 @@ mod tests {
             vqvae_steps: 1,
             appearance_steps: 0,
             points_per_scene: 1,
+            span_at_image_positions: false,
             recall_steps: 0,
             tied_marker_steps: 0,
             tied_label_at: crate::cli::pretrain_markers::LabelAt::Point,
