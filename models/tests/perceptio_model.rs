@@ -124,3 +124,22 @@ fn aligned_image_gives_one_token_per_depth_code() {
     let pixels = Tensor::<4>::random([1, 3, side, side], Distribution::Normal(0.0, 1.0), &device);
     assert_eq!(part.forward(pixels).dims(), [1, grid * grid, 128]);
 }
+
+#[test]
+fn the_span_at_its_image_cells_needs_one_image_token_per_code() {
+    let mut cfg = PerceptioConfig::tiny(BASE, IMG as usize);
+    cfg.span_at_image_positions = true;
+    // the tiny preset's 16 image tokens against a 100-code span
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("`span_at_image_positions`") && err.contains("16 tokens") && err.contains("100"), "{err}");
+    assert!(cfg.span_positions().is_some());
+    cfg.align_image_with_depth_grid();
+    cfg.validate().unwrap();
+    let rule = cfg.span_positions().unwrap();
+    assert_eq!(
+        (rule.image_token, rule.d_start, rule.code0, rule.num_codes),
+        (IMG, BASE as u32 + 1, BASE as u32 + 3, 128)
+    );
+    cfg.span_at_image_positions = false;
+    assert!(cfg.span_positions().is_none(), "off by default: one position per token");
+}

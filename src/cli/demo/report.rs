@@ -692,6 +692,7 @@ mod tests {
             encoder: EncoderKind::Hybrid,
             freeze_encoder: true,
             point_reasoning: true,
+            span_at_image_positions: true,
             ..plan()
         };
         let mut r = Report::new(true, 3, p);
@@ -699,7 +700,7 @@ mod tests {
             Some(AppearanceSummary { first_loss: 2.0, last_loss: 1.0, window: 1, secs: 4.0, held_out: None });
         let md = r.markdown(out);
         let cmd = "`perceptio demo --quick --appearance-steps 5 --shape-target centres --encoder hybrid \
-                   --freeze-encoder --point-reasoning` (seed 3)";
+                   --freeze-encoder --point-reasoning --span-at-image-positions` (seed 3)";
         assert!(md.contains(cmd), "{md}");
         assert!(md.contains("The InternViT (with its convolutional stem) and projector"), "{md}");
         assert!(md.contains("at each object's centre, its shape"), "{md}");
