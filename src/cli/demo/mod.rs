@@ -96,17 +96,17 @@ pub struct DemoArgs {
     /// with --quick; 0 skips the stage).
     #[arg(long)]
     pub sam2_steps: Option<usize>,
-    /// Perceptio optimiser steps on the task mixture (default 250, or 30 with --quick).
+    /// Perceptio optimiser steps on the task mixture (default 250, or 150 with --quick).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Steps on depth questions alone before the full model's mixture, where it learns to read depth from the
-    /// image (default 300, or 10 with --quick; 0 skips the stage). The ablation has no such stage: without depth
+    /// image (default 300, or 40 with --quick; 0 skips the stage). The ablation has no such stage: without depth
     /// tokens a depth question has no answer, so it drops these rows as it drops them from its mixture.
     #[arg(long)]
     pub depth_steps: Option<usize>,
     /// Steps on referring questions after the mixture, for both models, with the other tasks rehearsed at 0.15
     /// of their weight: the grounding map learns from referring rows alone, and the mixture holds few (default
-    /// 300, or 10 with --quick; 0 skips the stage).
+    /// 300, or 30 with --quick; 0 skips the stage).
     #[arg(long)]
     pub referring_steps: Option<usize>,
     /// Test rows evaluated per model (default: all, or 48 with --quick).
@@ -175,9 +175,9 @@ impl DemoArgs {
             tied_marker_steps: self.tied_marker_steps.unwrap_or(0),
             tied_label_at: self.tied_label_at,
             sam2_steps: self.sam2_steps.unwrap_or(if q { 20 } else { 300 }),
-            depth_steps: self.depth_steps.unwrap_or(if q { 10 } else { 300 }),
-            steps: self.steps.unwrap_or(if q { 30 } else { 250 }),
-            referring_steps: self.referring_steps.unwrap_or(if q { 10 } else { 300 }),
+            depth_steps: self.depth_steps.unwrap_or(if q { 40 } else { 300 }),
+            steps: self.steps.unwrap_or(if q { 150 } else { 250 }),
+            referring_steps: self.referring_steps.unwrap_or(if q { 30 } else { 300 }),
             eval_rows: self.eval_rows.or(if q { Some(48) } else { None }),
         }
     }
