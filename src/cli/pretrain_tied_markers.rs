@@ -79,13 +79,13 @@ pub fn held_out_line(a: &TiedAccuracy) -> String {
     format!(
         "{}/{} marked tokens name their letter ({:.1}%), {:.1}% of {} unmarked tokens none; levels at the \
          marked points {:.1}% exact, {:.1}% within one; at every token {:.1}% exact",
-        a.marked_right,
-        a.marked,
-        pct(a.marked_right, a.marked),
-        pct(a.unmarked_right, a.unmarked),
-        a.unmarked,
-        pct(a.marked_levels_exact, a.marked),
-        pct(a.marked_levels_near, a.marked),
+        a.letters.marked_right,
+        a.letters.marked,
+        100.0 * a.letters.marked_rate(),
+        100.0 * a.letters.unmarked_rate(),
+        a.letters.unmarked,
+        pct(a.marked_levels_exact, a.letters.marked),
+        pct(a.marked_levels_near, a.letters.marked),
         pct(a.levels_exact, a.tokens),
     )
 }

@@ -52,6 +52,10 @@ impl KvCache {
     ) -> (Vec<Vec<usize>>, Tensor<4>) {
         let b = self.batch();
         let s = new_pad.first().map_or(0, |p| p.len());
+        debug_assert!(
+            placed.is_none_or(|rows| rows.len() == b && rows.iter().all(|row| row.len() == s)),
+            "positions must be [batch][new]"
+        );
         let past = self.slots();
         let t = past + s;
         let mut positions = Vec::with_capacity(b);

@@ -152,6 +152,19 @@ impl MarkerAccuracy {
         self.unmarked_right += other.unmarked_right;
     }
 
+    /// Counts one token whose true class is `want` (0: no marker) and whose read class is `got`.
+    pub fn record(&mut self, want: i64, got: i64) {
+        let right = usize::from(want == got);
+        if want == 0 {
+            self.unmarked += 1;
+            self.unmarked_right += right;
+        } else {
+            self.marked += 1;
+            self.marked_right += right;
+            self.marked_missed += usize::from(got == 0);
+        }
+    }
+
     /// Fraction of marked tokens read right (0 when there are none).
     pub fn marked_rate(&self) -> f64 {
         self.marked_right as f64 / self.marked.max(1) as f64
@@ -172,15 +185,7 @@ pub fn marker_accuracy(
     let best = token_argmax(model.log_probs(batch.pixels.clone(), b, batch.image_size, true))?;
     let mut acc = MarkerAccuracy::default();
     for (&want, &got) in batch.classes.iter().zip(&best) {
-        let right = usize::from(want == got);
-        if want == 0 {
-            acc.unmarked += 1;
-            acc.unmarked_right += right;
-        } else {
-            acc.marked += 1;
-            acc.marked_right += right;
-            acc.marked_missed += usize::from(got == 0);
-        }
+        acc.record(want, got);
     }
     Ok(acc)
 }

@@ -237,13 +237,17 @@ impl PerceptioConfig {
     }
 
     /// The position rule of the LLM's tokens: Some when `span_at_image_positions` is on. The added tokens follow
-    /// the base vocabulary in `tokens::added_tokens` order: `[SEG]`, `<d_start>`, `<d_end>`, `<d_0>`...
+    /// the base vocabulary in `tokens::added_tokens` order (as `LlmPart::embed` reads them).
     pub fn span_positions(&self) -> Option<SpanPositions> {
-        let base = self.vlm.text.vocab_size as u32;
+        let added = super::tokens::added_tokens(self.num_codes());
+        let id = |token: &str| {
+            let at = added.iter().position(|t| t == token).expect("added_tokens holds every Perceptio token");
+            (self.vlm.text.vocab_size + at) as u32
+        };
         self.span_at_image_positions.then(|| SpanPositions {
             image_token: self.vlm.image_token_id as u32,
-            d_start: base + 1,
-            code0: base + 3,
+            d_start: id(super::tokens::D_START),
+            code0: id(&super::tokens::code_token(0)),
             num_codes: self.num_codes(),
         })
     }

@@ -12,7 +12,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::image_pretrain::{ImagePretrainConfig, ImagePretrainError, fit, pixels_tensor, token_grid};
-use super::marker_pretrain::MARKER_CLASSES;
+use super::marker_pretrain::{MARKER_CLASSES, MarkerAccuracy};
 use super::model::ImageEncoderPart;
 use super::sequence::POINT_LEVELS;
 use super::token_classes::{check_token_batch, token_argmax, token_nll, weighted_mean};
@@ -180,14 +180,10 @@ pub fn tied_embedding_loss(
 }
 
 /// How well the tied heads read a batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct TiedAccuracy {
-    /// Tokens of a marked point, and those whose letter is right.
-    pub marked: usize,
-    pub marked_right: usize,
-    /// Tokens without one, and those read as "no letter".
-    pub unmarked: usize,
-    pub unmarked_right: usize,
+    /// The letters, counted as `pretrain-markers` counts them.
+    pub letters: MarkerAccuracy,
     /// Levels at the marked points' tokens: exactly right, and within one.
     pub marked_levels_exact: usize,
     pub marked_levels_near: usize,
@@ -198,10 +194,7 @@ pub struct TiedAccuracy {
 
 impl TiedAccuracy {
     pub fn add(&mut self, o: TiedAccuracy) {
-        self.marked += o.marked;
-        self.marked_right += o.marked_right;
-        self.unmarked += o.unmarked;
-        self.unmarked_right += o.unmarked_right;
+        self.letters.add(o.letters);
         self.marked_levels_exact += o.marked_levels_exact;
         self.marked_levels_near += o.marked_levels_near;
         self.tokens += o.tokens;
@@ -222,12 +215,8 @@ pub fn tied_accuracy(
     for (i, (&truth, &guess)) in batch.letters.iter().zip(&letters).enumerate() {
         let (level, level_guess) = (batch.levels[i], levels[i]);
         acc.levels_exact += usize::from(level == level_guess);
-        if truth == 0 {
-            acc.unmarked += 1;
-            acc.unmarked_right += usize::from(guess == 0);
-        } else {
-            acc.marked += 1;
-            acc.marked_right += usize::from(guess == truth);
+        acc.letters.record(truth, guess);
+        if truth != 0 {
             acc.marked_levels_exact += usize::from(level == level_guess);
             acc.marked_levels_near += usize::from((level - level_guess).abs() <= 1);
         }
@@ -386,11 +375,9 @@ mod tests {
         )
         .unwrap();
         let acc = tied_accuracy(&trained.valid(), &rows, &held).unwrap();
-        assert_eq!((acc.marked, acc.unmarked, acc.tokens), (8, 8 * (grid * grid - 1), 8 * grid * grid));
-        assert!(
-            acc.marked_right >= 7 && acc.unmarked_right as f64 >= 0.98 * acc.unmarked as f64,
-            "{acc0:?} -> {acc:?}"
-        );
+        let letters = acc.letters;
+        assert_eq!((letters.marked, letters.unmarked, acc.tokens), (8, 8 * (grid * grid - 1), 8 * grid * grid));
+        assert!(letters.marked_right >= 7 && letters.unmarked_rate() >= 0.98, "{acc0:?} -> {acc:?}");
         assert!(acc.levels_exact as f64 >= 0.95 * acc.tokens as f64, "{acc0:?} -> {acc:?}");
         assert!(losses[79] < 0.2 * losses[0], "{} -> {}", losses[0], losses[79]);
         let bad = TiedBatch { levels: vec![POINT_LEVELS as i64; held.levels.len()], ..held };
