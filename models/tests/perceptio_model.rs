@@ -143,3 +143,53 @@ fn the_span_at_its_image_cells_needs_one_image_token_per_code() {
     cfg.span_at_image_positions = false;
     assert!(cfg.span_positions().is_none(), "off by default: one position per token");
 }
+
+#[test]
+fn the_soft_argmax_point_is_the_weighted_mean_of_the_cell_centres() {
+    use perceptio_models::perceptio::model::soft_argmax_point;
+    let device = Device::flex();
+    // 4 x 4 cells over a 128 px image (32 px each): a map peaked at column 2, row 1 -> that cell's centre
+    let mut peak = vec![-30.0f32; 16];
+    peak[4 + 2] = 30.0;
+    let uniform = vec![0.0f32; 16];
+    // half the mass on cell (0, 0), half on cell (3, 3) -> the midpoint of their centres
+    let mut two = vec![-30.0f32; 16];
+    two[0] = 5.0;
+    two[15] = 5.0;
+    let maps =
+        Tensor::<4>::from_data(burn::tensor::TensorData::new([peak, uniform, two].concat(), [3, 1, 4, 4]), &device);
+    let p = soft_argmax_point(maps, 128).into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let want = [2.5 * 32.0 - 0.5, 1.5 * 32.0 - 0.5, 63.5, 63.5, 63.5, 63.5];
+    for (got, want) in p.iter().zip(want) {
+        assert!((got - want).abs() < 1e-3, "{p:?}");
+    }
+}
+
+#[test]
+fn the_point_from_the_map_needs_the_map_and_reaches_the_mask() {
+    let mut cfg = PerceptioConfig::tiny(BASE, IMG as usize);
+    cfg.seg_point_from_map = true;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("`seg_point_from_map`") && err.contains("seg_grounding"), "{err}");
+    cfg.seg_grounding = true;
+    cfg.validate().unwrap();
+    let device = Device::flex();
+    device.seed(4);
+    let mut seg = cfg.init_seg(&device).unwrap();
+    assert!(seg.point_from_map);
+    let pixels = Tensor::<4>::random([2, 3, 128, 128], Distribution::Normal(0.0, 1.0), &device);
+    let seg_hidden = Tensor::<2>::random([2, 128], Distribution::Normal(0.0, 1.0), &device);
+    let image_hidden = Tensor::<3>::random([2, 16, 128], Distribution::Normal(0.0, 1.0), &device);
+    let run = |seg: &perceptio_models::perceptio::SegPart| {
+        let levels = seg.encode(pixels.clone()).unwrap();
+        let (logits, map) = seg.forward_with_map(seg_hidden.clone(), Some(image_hidden.clone()), levels).unwrap();
+        let host = |t: Tensor<3>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        (host(logits), host(map.unwrap().reshape([2, 32, 32])))
+    };
+    let (with_point, map_a) = run(&seg);
+    seg.point_from_map = false;
+    let (without, map_b) = run(&seg);
+    assert_eq!(map_a, map_b, "the map does not depend on the point");
+    let change = with_point.iter().zip(&without).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(change > 1e-4, "the point prompt did not reach the mask (max change {change})");
+}

@@ -65,6 +65,15 @@ pub struct InitModelArgs {
     /// as close to the image as it would without one (needs one image token per code: `--align-depth-grid`).
     #[arg(long)]
     pub span_at_image_positions: bool,
+    /// SAM2's mask decoder upscales its mask without the backbone's high-resolution maps
+    /// (`use_high_res_features: false`): trained from scratch, it then follows its prompt instead of marking every
+    /// object (docs/referring.md).
+    #[arg(long)]
+    pub no_high_res_features: bool,
+    /// SAM2 also gets a positive point prompt at the grounding map's soft arg-max (needs `--seg-grounding`;
+    /// docs/referring.md).
+    #[arg(long, requires = "seg_grounding")]
+    pub seg_point_from_map: bool,
 }
 
 impl InitModelArgs {
@@ -76,6 +85,10 @@ impl InitModelArgs {
         cfg.seg_grounding |= self.seg_grounding;
         cfg.point_reasoning |= self.point_reasoning;
         cfg.span_at_image_positions |= self.span_at_image_positions;
+        cfg.seg_point_from_map |= self.seg_point_from_map;
+        if self.no_high_res_features {
+            cfg.sam2.mask_decoder_config.use_high_res_features = false;
+        }
         if let Some(size) = self.image_size {
             cfg.vlm.vision.image_size = size;
         }

@@ -82,11 +82,14 @@ pub fn read_config(dir: &Path) -> Result<PerceptioConfig, CheckpointError> {
 }
 
 /// `perceptio.json` fields (dotted paths) that older model directories lack, with the value they mean there.
-fn added_fields() -> [(&'static str, serde_json::Value); 4] {
+fn added_fields() -> [(&'static str, serde_json::Value); 7] {
     [
         ("image_last", false.into()),
         ("point_reasoning", false.into()),
+        ("span_at_image_positions", false.into()),
+        ("seg_point_from_map", false.into()),
         ("sam2.prompt_encoder_config.scale", 1.0.into()),
+        ("sam2.mask_decoder_config.use_high_res_features", true.into()),
         ("vlm.vision.conv_stem", serde_json::Value::Array(Vec::new())),
     ]
 }
@@ -202,10 +205,24 @@ mod tests {
         assert!(!oldest.point_reasoning && !oldest.sequence_config().point_reasoning);
         assert_eq!(oldest.vlm.vision, cfg.vlm.vision);
         assert_eq!(old.image_tokens(), cfg.image_tokens());
+        // and from before the span positions, the point from the map and SAM2's high-res switch
+        value.as_object_mut().unwrap().remove("span_at_image_positions").unwrap();
+        value.as_object_mut().unwrap().remove("seg_point_from_map").unwrap();
+        value["sam2"]["mask_decoder_config"].as_object_mut().unwrap().remove("use_high_res_features").unwrap();
+        std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
+        let before = read_config(dir.path()).unwrap();
+        assert!(!before.span_at_image_positions && !before.seg_point_from_map);
+        assert!(before.sam2.mask_decoder_config.use_high_res_features);
         // a field of the wrong type is still an error naming the file, with serde's line and column
         value["sam2"]["prompt_encoder_config"].as_object_mut().unwrap().insert("scale".into(), 1.0.into());
         value["vlm"]["vision"].as_object_mut().unwrap().insert("conv_stem".into(), serde_json::json!([]));
         value.as_object_mut().unwrap().insert("point_reasoning".into(), false.into());
+        value.as_object_mut().unwrap().insert("span_at_image_positions".into(), false.into());
+        value.as_object_mut().unwrap().insert("seg_point_from_map".into(), false.into());
+        value["sam2"]["mask_decoder_config"]
+            .as_object_mut()
+            .unwrap()
+            .insert("use_high_res_features".into(), true.into());
         value.as_object_mut().unwrap().insert("image_last".into(), "yes".into());
         std::fs::write(&path, serde_json::to_string(&value).unwrap()).unwrap();
         let err = read_config(dir.path()).unwrap_err().to_string();

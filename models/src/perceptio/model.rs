@@ -6,6 +6,7 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::prelude::*;
+use burn::tensor::activation::softmax;
 
 use super::heads::{SegGrounding, SegGroundingConfig, SegProjection, SegProjectionConfig};
 use super::positions::{PositionCounter, SpanPositions};
@@ -65,6 +66,11 @@ pub struct PerceptioConfig {
     /// token); needs one image token per code.
     #[config(default = false)]
     pub span_at_image_positions: bool,
+    /// Also prompt SAM2 with a positive point where the grounding map puts the object: the map's soft arg-max
+    /// (the mean of the cell centres weighted by the map's softmax), so the mask decoder, pretrained on point
+    /// prompts, draws the object there (`SegPart::forward_with_map`). Needs `seg_grounding`.
+    #[config(default = false)]
+    pub seg_point_from_map: bool,
 }
 
 /// Errors of building or running the model.
@@ -192,6 +198,9 @@ impl PerceptioConfig {
                 ),
             );
         }
+        if self.seg_point_from_map && !self.seg_grounding {
+            return bad("seg_point_from_map", "needs `seg_grounding`: the point is read off the grounding map".into());
+        }
         self.vqvae.validate()?;
         Ok(())
     }
@@ -264,6 +273,7 @@ impl PerceptioConfig {
             seg_grounding: self
                 .seg_grounding
                 .then(|| SegGroundingConfig::new(d, d, self.sam2.vision_config.fpn_hidden_size).init(device)),
+            point_from_map: self.seg_point_from_map,
         })
     }
 
@@ -271,6 +281,19 @@ impl PerceptioConfig {
     pub fn init_vqvae(&self, device: &Device) -> Result<VqVae, ModelError> {
         Ok(self.vqvae.init(device)?.no_grad())
     }
+}
+
+/// The soft arg-max of score maps `[B, 1, h, w]`: the centres of the cells weighted by the maps' softmax, in the
+/// pixels (0..`size`) of a `size`-pixel image the map covers -> point coordinates `(x, y)` `[B, 1, 1, 2]`.
+pub fn soft_argmax_point(map: Tensor<4>, size: usize) -> Tensor<4> {
+    let [b, _, h, w] = map.dims();
+    let device = map.device();
+    let p = softmax(map.reshape([b, h * w]), 1); // [B, hw]
+    let centre = |k: usize, n: usize| (k as f32 + 0.5) * size as f32 / n as f32 - 0.5;
+    let xs: Vec<f32> = (0..h * w).map(|k| centre(k % w, w)).collect();
+    let ys: Vec<f32> = (0..h * w).map(|k| centre(k / w, h)).collect();
+    let grid = Tensor::<2>::from_data(TensorData::new([xs, ys].concat(), [2, h * w]), &device); // [2, hw]
+    p.matmul(grid.transpose()).reshape([b, 1, 1, 2]) // [B, 1, 1, 2]
 }
 
 /// InternViT + pixel shuffle + projector: one image per row -> image tokens for the LLM.
@@ -398,6 +421,8 @@ pub struct SegPart {
     pub text_hidden_fcs: SegProjection,
     /// Present when the config's `seg_grounding` is on.
     pub seg_grounding: Option<SegGrounding>,
+    /// The config's `seg_point_from_map`: SAM2 also gets a point prompt at the grounding map's soft arg-max.
+    pub point_from_map: bool,
 }
 
 impl SegPart {
@@ -429,13 +454,39 @@ impl SegPart {
         let [b, _] = seg_hidden.dims();
         let fine = levels[0].clone(); // [B', C, 4e, 4e]
         let image: ImageEmbeddings = self.sam2.embeddings_from_levels(levels);
+        let [_, _, e4, _] = image.feat_s0.dims();
         let prompt = self.text_hidden_fcs.forward(seg_hidden.clone()); // [B', C]
         let c = prompt.dims()[1];
-        let prompts = Prompts { sparse: Some(prompt.reshape([b, 1, 1, c])), ..Prompts::default() };
+        let mut prompts = Prompts { sparse: Some(prompt.reshape([b, 1, 1, c])), ..Prompts::default() };
+        let map = match &self.seg_grounding {
+            Some(grounding) => Some(self.grounding_map(grounding, seg_hidden, image_hidden, fine, [e4, e4])?),
+            None => None,
+        }; // [B', 1, 4e, 4e]
+        if let (Some(map), true) = (&map, self.point_from_map) {
+            let coords = soft_argmax_point(map.clone(), self.sam2.image_size); // [B', 1, 1, 2]
+            let labels = Tensor::<3>::ones([b, 1, 1], &coords.device()); // [B', 1, 1]
+            prompts.points = Some((coords, labels));
+        }
         let out = self.sam2.predict(&image, &prompts, false)?;
         let [_, _, _, h, w] = out.masks.dims();
         let logits = out.masks.reshape([b, h, w]); // [B', 4e, 4e]
-        let Some(grounding) = &self.seg_grounding else { return Ok((logits, None)) };
+        Ok(match map {
+            Some(map) => (logits + map.clone().reshape([b, h, w]), Some(map)), // [B', 4e, 4e]
+            None => (logits, None),
+        })
+    }
+
+    /// The grounding map `[B', 1, h, w]` of `[SEG]` states `[B', d]` against the rows' image-token states and
+    /// SAM2's finest FPN map `fine` `[B', C, H0, W0]`, at the mask-logit size `[h, w]`.
+    fn grounding_map(
+        &self,
+        grounding: &SegGrounding,
+        seg_hidden: Tensor<2>,
+        image_hidden: Option<Tensor<3>>,
+        fine: Tensor<4>,
+        [h, w]: [usize; 2],
+    ) -> Result<Tensor<4>, ModelError> {
+        let [b, _] = seg_hidden.dims();
         let Some(image_hidden) = image_hidden else {
             return Err(ModelError::Shape {
                 what: "image-token states for the grounding map",
@@ -453,13 +504,11 @@ impl SegPart {
         // the image-token states are read, not trained, by the map: the LLM's image tokens carry the depth the span
         // is read from, and the mask losses pulling them cost depth MSE (docs/referring.md)
         let tokens = grounding.token_map(seg_hidden.clone(), image_hidden.detach()); // [B', 1, g, g]
-        let tokens = upsample_masks(tokens, [h, w]); // [B', 1, 4e, 4e]
+        let tokens = upsample_masks(tokens, [h, w]); // [B', 1, h, w]
         let pixels = grounding.pixel_map(seg_hidden, fine); // [B', 1, H0, W0]
         let same = pixels.dims()[2..] == [h, w];
-        let pixels = if same { pixels } else { upsample_masks(pixels, [h, w]) }; // [B', 1, 4e, 4e]
-        let map = tokens + pixels; // [B', 1, 4e, 4e]
-        let logits = logits + map.clone().reshape([b, h, w]); // [B', 4e, 4e]
-        Ok((logits, Some(map)))
+        let pixels = if same { pixels } else { upsample_masks(pixels, [h, w]) }; // [B', 1, h, w]
+        Ok(tokens + pixels) // [B', 1, h, w]
     }
 
     /// `[SEG]` hidden states `[B', d]` + FPN maps -> mask probabilities `[B', S, S]` at the SAM2 input size

@@ -114,6 +114,13 @@ pub struct MaskDecoderConfig {
     pub dynamic_multimask_stability_delta: f64,
     #[config(default = 0.98)]
     pub dynamic_multimask_stability_thresh: f64,
+    /// Add the backbone's stride-4 and stride-8 maps (`conv_s0`, `conv_s1`) while upscaling the mask, as SAM2
+    /// does (its `use_high_res_features_in_sam`; not a transformers field, so checkpoints load with it on). Off,
+    /// the mask is upscaled from the prompted image embedding alone. A tiny SAM2 trained from scratch with them
+    /// learns the mask of every object and ignores its prompt; without them it learns to follow the prompt
+    /// (docs/referring.md).
+    #[config(default = true)]
+    pub use_high_res_features: bool,
 }
 
 /// A transformers `Sam2Config`.
@@ -205,8 +212,13 @@ impl Sam2Config {
     pub fn from_json_file(path: &std::path::Path) -> Result<Self, Sam2Error> {
         let text =
             std::fs::read_to_string(path).map_err(|source| Sam2Error::Io { path: path.to_path_buf(), source })?;
-        let cfg: Self = serde_json::from_str(&text)
-            .map_err(|e| Sam2Error::File { path: path.to_path_buf(), reason: e.to_string() })?;
+        let bad = |e: serde_json::Error| Sam2Error::File { path: path.to_path_buf(), reason: e.to_string() };
+        let mut value: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
+        // not a transformers field: their configs mean SAM2's default
+        if let Some(decoder) = value.get_mut("mask_decoder_config").and_then(|d| d.as_object_mut()) {
+            decoder.entry("use_high_res_features").or_insert(true.into());
+        }
+        let cfg: Self = serde_json::from_value(value).map_err(bad)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -1,6 +1,6 @@
 //! SAM2's mask decoder: object-score, IoU and mask tokens plus the sparse prompt tokens run through a
 //! two-way transformer against the image embedding; the image side is upscaled x4 with the
-//! high-resolution skip features; hypernetwork MLPs turn mask tokens into per-pixel mask logits; IoU
+//! high-resolution skip features (unless `use_high_res_features` is off); hypernetwork MLPs turn mask tokens into per-pixel mask logits; IoU
 //! and object-score heads; multimask or (stability-selected) single-mask output. Field names follow
 //! `mask_decoder.*`.
 
@@ -112,6 +112,8 @@ pub struct MaskDecoder {
     pub dynamic_multimask_via_stability: bool,
     pub stability_delta: f64,
     pub stability_thresh: f64,
+    /// Whether `conv_s0`/`conv_s1` of the backbone's fine maps join the upscaling (`use_high_res_features`).
+    pub use_high_res_features: bool,
 }
 
 /// Mask decoder output for `B` images x `P` prompts.
@@ -172,6 +174,7 @@ impl MaskDecoder {
             conv_s1: Conv2dConfig::new([c, c / 4], [1, 1]).init(device),
             pred_obj_score_head: FeedForward::new(c, c, 1, 3, false, false, device),
             dynamic_multimask_via_stability: cfg.dynamic_multimask_via_stability,
+            use_high_res_features: cfg.use_high_res_features,
             stability_delta: cfg.dynamic_multimask_stability_delta,
             stability_thresh: cfg.dynamic_multimask_stability_thresh,
         }
@@ -235,10 +238,10 @@ impl MaskDecoder {
         let iou_token = queries.clone().narrow(1, 1, 1).reshape([bp, c]); // [BP, C]
         let obj_token = queries.clone().narrow(1, 0, 1).reshape([bp, c]); // [BP, C]
         let image = keys.swap_dims(1, 2).reshape([bp, c, h, w]); // [BP, C, e, e]
-        let (s0, s1) = (repeat(high_res.0), repeat(high_res.1));
-        let up = self.upscale_conv1.forward(image) + s1; // [BP, C/4, 2e, 2e]
-        let up = gelu(layer_norm_2d(&self.upscale_layer_norm, up));
-        let up = gelu(self.upscale_conv2.forward(up) + s0); // [BP, C/8, 4e, 4e]
+        let up = self.upscale_conv1.forward(image); // [BP, C/4, 2e, 2e]
+        let up = if self.use_high_res_features { up + repeat(high_res.1) } else { up };
+        let up = self.upscale_conv2.forward(gelu(layer_norm_2d(&self.upscale_layer_norm, up))); // [BP, C/8, 4e, 4e]
+        let up = gelu(if self.use_high_res_features { up + repeat(high_res.0) } else { up });
         let [_, c8, hh, ww] = up.dims();
         let hyper: Vec<Tensor<3>> = self
             .output_hypernetworks_mlps

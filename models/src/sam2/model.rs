@@ -235,6 +235,8 @@ mod tests {
     use burn::tensor::{Device, Tensor};
 
     use super::super::config::Sam2Config;
+    use super::super::prompt::Prompts;
+    use super::ImageEmbeddings;
 
     fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
@@ -260,6 +262,36 @@ mod tests {
         let other = host(sam.prompt_encoder.shared_embedding.forward(coords(1.0, 6.0)));
         let far = cell.iter().zip(&other).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(far > 0.1, "a point three cells away embeds like this cell ({far})");
+    }
+
+    /// With `use_high_res_features` off, the mask comes from the prompted image embedding alone: zeroing the fine
+    /// maps changes nothing. With it on (SAM2's default), the same change moves the mask.
+    #[test]
+    fn without_high_res_features_the_fine_maps_do_not_reach_the_mask() {
+        let device = Device::flex();
+        let pixels = Tensor::<4>::random([1, 3, 128, 128], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let coords = Tensor::<4>::from_data([[[[40.0f32, 70.0]]]], &device); // [1, 1, 1, 2]
+        let prompts = Prompts { points: Some((coords, Tensor::<3>::ones([1, 1, 1], &device))), ..Prompts::default() };
+        for on in [true, false] {
+            let mut cfg = Sam2Config::tiny();
+            cfg.mask_decoder_config.use_high_res_features = on;
+            device.seed(11);
+            let sam = cfg.init(&device).unwrap();
+            let image = sam.image_embeddings(pixels.clone()).unwrap();
+            let zeroed = ImageEmbeddings {
+                feat_s0: image.feat_s0.clone().zeros_like(),
+                feat_s1: image.feat_s1.clone().zeros_like(),
+                embedding: image.embedding.clone(),
+            };
+            let a = host(sam.predict(&image, &prompts, false).unwrap().masks); // [1, 1, 1, 32, 32]
+            let b = host(sam.predict(&zeroed, &prompts, false).unwrap().masks);
+            let change = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            if on {
+                assert!(change > 1e-4, "the fine maps did not reach the mask (max change {change})");
+            } else {
+                assert_eq!(change, 0.0, "the fine maps reached the mask with high-res features off");
+            }
+        }
     }
 
     /// The Fourier matrix is a fixed buffer: a loss through both embeddings leaves it without a gradient.

@@ -79,6 +79,14 @@ pub struct DemoArgs {
     /// answer sits as close to the image as the ablation's (`init-model --span-at-image-positions`).
     #[arg(long)]
     pub span_at_image_positions: bool,
+    /// SAM2's mask decoder upscales its mask without the backbone's high-resolution maps
+    /// (`init-model --no-high-res-features`; docs/referring.md).
+    #[arg(long)]
+    pub no_high_res_features: bool,
+    /// SAM2 also gets a positive point prompt at the grounding map's soft arg-max (`init-model
+    /// --seg-point-from-map`; docs/referring.md).
+    #[arg(long)]
+    pub seg_point_from_map: bool,
     /// LLM pretraining steps on text-only recall questions (`perceptio pretrain-recall`), before Perceptio
     /// training, shared by both models (default 0: off; needs --point-reasoning; docs/points.md, section 10).
     #[arg(long, requires = "point_reasoning")]
@@ -148,6 +156,8 @@ pub struct Plan {
     pub point_reasoning: bool,
     pub points_per_scene: u32,
     pub span_at_image_positions: bool,
+    pub no_high_res_features: bool,
+    pub seg_point_from_map: bool,
     pub recall_steps: usize,
     pub tied_marker_steps: usize,
     pub tied_label_at: LabelAt,
@@ -171,6 +181,8 @@ impl DemoArgs {
             point_reasoning: self.point_reasoning,
             points_per_scene: self.points_per_scene,
             span_at_image_positions: self.span_at_image_positions,
+            no_high_res_features: self.no_high_res_features,
+            seg_point_from_map: self.seg_point_from_map,
             recall_steps: self.recall_steps.unwrap_or(0),
             tied_marker_steps: self.tied_marker_steps.unwrap_or(0),
             tied_label_at: self.tied_label_at,
@@ -327,6 +339,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         cfg.seg_grounding = true;
         cfg.point_reasoning = plan.point_reasoning;
         cfg.span_at_image_positions = plan.span_at_image_positions;
+        cfg.sam2.mask_decoder_config.use_high_res_features = !plan.no_high_res_features;
+        cfg.seg_point_from_map = plan.seg_point_from_map;
     };
     let (model_cfg, _) = init_tiny_model_with(&texts, &vqvae, &init, args.seed, &demo_layout)?;
     report.model = Some(model_cfg);

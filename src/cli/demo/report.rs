@@ -396,6 +396,12 @@ impl Report {
         if p.span_at_image_positions {
             flags += " --span-at-image-positions";
         }
+        if p.no_high_res_features {
+            flags += " --no-high-res-features";
+        }
+        if p.seg_point_from_map {
+            flags += " --seg-point-from-map";
+        }
         if p.recall_steps > 0 {
             flags += &format!(" --recall-steps {}", p.recall_steps);
         }
@@ -662,6 +668,8 @@ mod tests {
             appearance_steps: 0,
             points_per_scene: 1,
             span_at_image_positions: false,
+            no_high_res_features: false,
+            seg_point_from_map: false,
             recall_steps: 0,
             tied_marker_steps: 0,
             tied_label_at: crate::cli::pretrain_markers::LabelAt::Point,
@@ -693,6 +701,8 @@ mod tests {
             freeze_encoder: true,
             point_reasoning: true,
             span_at_image_positions: true,
+            no_high_res_features: true,
+            seg_point_from_map: true,
             ..plan()
         };
         let mut r = Report::new(true, 3, p);
@@ -700,7 +710,8 @@ mod tests {
             Some(AppearanceSummary { first_loss: 2.0, last_loss: 1.0, window: 1, secs: 4.0, held_out: None });
         let md = r.markdown(out);
         let cmd = "`perceptio demo --quick --appearance-steps 5 --shape-target centres --encoder hybrid \
-                   --freeze-encoder --point-reasoning --span-at-image-positions` (seed 3)";
+                   --freeze-encoder --point-reasoning --span-at-image-positions --no-high-res-features \
+                   --seg-point-from-map` (seed 3)";
         assert!(md.contains(cmd), "{md}");
         assert!(md.contains("The InternViT (with its convolutional stem) and projector"), "{md}");
         assert!(md.contains("at each object's centre, its shape"), "{md}");
