@@ -58,8 +58,10 @@ pub struct SegGroundingConfig {
 /// made from the `[SEG]` state and keys made from the image: the token map (`query`, `key`) scores the LLM's
 /// image-token states on the image-token grid; the pixel map (`pixel_query`, `pixel_key`) scores SAM2's finest
 /// FPN map, pixel by pixel. Their sum (the token map upsampled) is added to SAM2's mask logits, so the LLM
-/// places the mask and SAM2 draws its outline. Training SAM2's prompt path from scratch does not get going in our
-/// budgets (scripts/experiments/sam2_point_probe.py); these routes give the mask loss a direct path to the LLM.
+/// places the mask and SAM2 draws its outline. With SAM2's high-resolution skips, training its prompt path from
+/// scratch does not get going in our budgets (scripts/experiments/sam2_point_probe.py); these routes give the mask
+/// loss a direct path to the LLM. Without the skips SAM2 learns to follow a point, and `seg_point_from_map` also
+/// hands it the map's soft arg-max as one (docs/referring.md).
 /// The sizes are `d_model -> d_key` for both queries and the token keys, `d_pixel -> d_key` for the pixel keys.
 #[derive(Module, Debug)]
 pub struct SegGrounding {

@@ -1,7 +1,8 @@
 //! `perceptio demo`: the main job on the embedded default, with no downloads. It renders the synthetic world,
 //! trains the depth tokenizer on the training split's depth maps, caches every row's depth codes
 //! (`dataflows/cache-depth-codes.yaml`), initialises a tiny Perceptio with its image aligned to the depth-code
-//! grid, pretrains its SAM2 on the world's masks (`perceptio pretrain-sam2`), trains it twice through the actor
+//! grid, pretrains its SAM2 on the world's masks (`perceptio pretrain-sam2`; its mask decoder without the
+//! high-resolution skips, so that it follows its prompt), trains it twice through the actor
 //! graph (`dataflows/train.yaml`: the full model, first on depth questions alone, then on the task mixture, then
 //! mostly on referring questions; the "no depth tokens" ablation for the same mixture and referring steps),
 //! evaluates both on the held-out test split (`dataflows/eval.yaml`) and writes `report.md` with the results
@@ -79,14 +80,15 @@ pub struct DemoArgs {
     /// answer sits as close to the image as the ablation's (`init-model --span-at-image-positions`).
     #[arg(long)]
     pub span_at_image_positions: bool,
-    /// SAM2's mask decoder upscales its mask without the backbone's high-resolution maps
-    /// (`init-model --no-high-res-features`; docs/referring.md).
+    /// Keep SAM2's high-resolution skips in the mask decoder (SAM2's own upscaling, as the demo had before
+    /// 2026-11-25). Trained from scratch with them, the tiny SAM2 marks every object and ignores its prompt; the
+    /// demo's default upscales without them (`init-model --no-high-res-features`; docs/referring.md).
     #[arg(long)]
-    pub no_high_res_features: bool,
-    /// SAM2 also gets a positive point prompt at the grounding map's soft arg-max (`init-model
-    /// --seg-point-from-map`; docs/referring.md).
+    pub high_res_features: bool,
+    /// Prompt SAM2 with the `[SEG]` state alone (and add the grounding map to its logits), without the point at
+    /// the grounding map's soft arg-max that the demo adds by default (`init-model --seg-point-from-map`).
     #[arg(long)]
-    pub seg_point_from_map: bool,
+    pub no_seg_point: bool,
     /// LLM pretraining steps on text-only recall questions (`perceptio pretrain-recall`), before Perceptio
     /// training, shared by both models (default 0: off; needs --point-reasoning; docs/points.md, section 10).
     #[arg(long, requires = "point_reasoning")]
@@ -100,7 +102,7 @@ pub struct DemoArgs {
     /// (`pretrain-tied-markers --label-at`).
     #[arg(long, value_enum, default_value_t = LabelAt::Point)]
     pub tied_label_at: LabelAt,
-    /// Segmenter (SAM2) pretraining steps on the world's masks before Perceptio training (default 300, or 20
+    /// Segmenter (SAM2) pretraining steps on the world's masks before Perceptio training (default 1500, or 100
     /// with --quick; 0 skips the stage).
     #[arg(long)]
     pub sam2_steps: Option<usize>,
@@ -156,7 +158,7 @@ pub struct Plan {
     pub point_reasoning: bool,
     pub points_per_scene: u32,
     pub span_at_image_positions: bool,
-    pub no_high_res_features: bool,
+    pub high_res_features: bool,
     pub seg_point_from_map: bool,
     pub recall_steps: usize,
     pub tied_marker_steps: usize,
@@ -181,12 +183,12 @@ impl DemoArgs {
             point_reasoning: self.point_reasoning,
             points_per_scene: self.points_per_scene,
             span_at_image_positions: self.span_at_image_positions,
-            no_high_res_features: self.no_high_res_features,
-            seg_point_from_map: self.seg_point_from_map,
+            high_res_features: self.high_res_features,
+            seg_point_from_map: !self.no_seg_point,
             recall_steps: self.recall_steps.unwrap_or(0),
             tied_marker_steps: self.tied_marker_steps.unwrap_or(0),
             tied_label_at: self.tied_label_at,
-            sam2_steps: self.sam2_steps.unwrap_or(if q { 20 } else { 300 }),
+            sam2_steps: self.sam2_steps.unwrap_or(if q { 100 } else { 1500 }),
             depth_steps: self.depth_steps.unwrap_or(if q { 40 } else { 300 }),
             steps: self.steps.unwrap_or(if q { 150 } else { 250 }),
             referring_steps: self.referring_steps.unwrap_or(if q { 30 } else { 300 }),
@@ -339,7 +341,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         cfg.seg_grounding = true;
         cfg.point_reasoning = plan.point_reasoning;
         cfg.span_at_image_positions = plan.span_at_image_positions;
-        cfg.sam2.mask_decoder_config.use_high_res_features = !plan.no_high_res_features;
+        cfg.sam2.mask_decoder_config.use_high_res_features = plan.high_res_features;
         cfg.seg_point_from_map = plan.seg_point_from_map;
     };
     let (model_cfg, _) = init_tiny_model_with(&texts, &vqvae, &init, args.seed, &demo_layout)?;

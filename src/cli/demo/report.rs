@@ -396,11 +396,11 @@ impl Report {
         if p.span_at_image_positions {
             flags += " --span-at-image-positions";
         }
-        if p.no_high_res_features {
-            flags += " --no-high-res-features";
+        if p.high_res_features {
+            flags += " --high-res-features";
         }
-        if p.seg_point_from_map {
-            flags += " --seg-point-from-map";
+        if !p.seg_point_from_map {
+            flags += " --no-seg-point";
         }
         if p.recall_steps > 0 {
             flags += &format!(" --recall-steps {}", p.recall_steps);
@@ -594,6 +594,22 @@ impl Report {
                 g.train.last_iou,
                 g.train.window
             );
+            let _ = writeln!(
+                s,
+                "{} {}\n",
+                if self.plan.high_res_features {
+                    "Its mask decoder adds the backbone's high-resolution maps while upscaling, as SAM2 does; trained \
+                     from scratch so, it marks every object whatever its prompt (docs/referring.md)."
+                } else {
+                    "Its mask decoder upscales without the backbone's high-resolution maps, so that it learns to follow \
+                     its prompt (with them it marks every object; docs/referring.md)."
+                },
+                if self.plan.seg_point_from_map {
+                    "Perceptio prompts it with the `[SEG]` state and a point at the grounding map's soft arg-max."
+                } else {
+                    "Perceptio prompts it with the `[SEG]` state alone."
+                }
+            );
         }
         let _ = writeln!(s, "## Depth tokenizer\n");
         match &self.vqvae {
@@ -658,7 +674,9 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::Curve;
-    use super::{AppearanceSummary, EncoderKind, PointsScore, Report, ShapeTarget, paired_points_line};
+    use super::{
+        AppearanceSummary, EncoderKind, PointsScore, Report, SegmenterResult, ShapeTarget, paired_points_line,
+    };
     use crate::cli::demo::Plan;
 
     fn plan() -> Plan {
@@ -668,8 +686,8 @@ mod tests {
             appearance_steps: 0,
             points_per_scene: 1,
             span_at_image_positions: false,
-            no_high_res_features: false,
-            seg_point_from_map: false,
+            high_res_features: false,
+            seg_point_from_map: true,
             recall_steps: 0,
             tied_marker_steps: 0,
             tied_label_at: crate::cli::pretrain_markers::LabelAt::Point,
@@ -688,8 +706,25 @@ mod tests {
     #[test]
     fn the_command_line_names_every_encoder_option_that_is_not_the_default() {
         let out = std::path::Path::new("/tmp/out");
-        let plain = Report::new(false, 0, plan()).markdown(out);
+        let segmenter = || {
+            use crate::cli::pretrain_sam2::{PointIou, PretrainSummary};
+            let iou = |v| PointIou { configured: v, single_token: v, masks: 4 };
+            let train = PretrainSummary {
+                first_loss: 4.0,
+                last_loss: 2.0,
+                first_iou: 0.1,
+                last_iou: 0.4,
+                window: 1,
+                secs: 9.0,
+            };
+            Some(SegmenterResult { before: iou(0.01), after: iou(0.44), train })
+        };
+        let mut r = Report::new(false, 0, plan());
+        r.segmenter = segmenter();
+        let plain = r.markdown(out);
         assert!(plain.contains("Command: `perceptio demo` (seed 0)"), "{plain}");
+        assert!(plain.contains("upscales without the backbone's high-resolution maps"), "{plain}");
+        assert!(plain.contains("the `[SEG]` state and a point at the grounding map's soft arg-max"), "{plain}");
         let p = Plan {
             appearance_steps: 5,
             points_per_scene: 1,
@@ -701,17 +736,20 @@ mod tests {
             freeze_encoder: true,
             point_reasoning: true,
             span_at_image_positions: true,
-            no_high_res_features: true,
-            seg_point_from_map: true,
+            high_res_features: true,
+            seg_point_from_map: false,
             ..plan()
         };
         let mut r = Report::new(true, 3, p);
         r.appearance =
             Some(AppearanceSummary { first_loss: 2.0, last_loss: 1.0, window: 1, secs: 4.0, held_out: None });
+        r.segmenter = segmenter();
         let md = r.markdown(out);
+        assert!(md.contains("adds the backbone's high-resolution maps while upscaling"), "{md}");
+        assert!(md.contains("prompts it with the `[SEG]` state alone"), "{md}");
         let cmd = "`perceptio demo --quick --appearance-steps 5 --shape-target centres --encoder hybrid \
-                   --freeze-encoder --point-reasoning --span-at-image-positions --no-high-res-features \
-                   --seg-point-from-map` (seed 3)";
+                   --freeze-encoder --point-reasoning --span-at-image-positions --high-res-features \
+                   --no-seg-point` (seed 3)";
         assert!(md.contains(cmd), "{md}");
         assert!(md.contains("The InternViT (with its convolutional stem) and projector"), "{md}");
         assert!(md.contains("at each object's centre, its shape"), "{md}");
