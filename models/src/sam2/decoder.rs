@@ -1,8 +1,8 @@
 //! SAM2's mask decoder: object-score, IoU and mask tokens plus the sparse prompt tokens run through a
 //! two-way transformer against the image embedding; the image side is upscaled x4 with the
-//! high-resolution skip features (unless `use_high_res_features` is off); hypernetwork MLPs turn mask tokens into per-pixel mask logits; IoU
-//! and object-score heads; multimask or (stability-selected) single-mask output. Field names follow
-//! `mask_decoder.*`.
+//! high-resolution skip features (unless `use_high_res_features` is off); hypernetwork MLPs turn mask
+//! tokens into per-pixel mask logits; IoU and object-score heads; multimask or (stability-selected)
+//! single-mask output. Field names follow `mask_decoder.*`.
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
