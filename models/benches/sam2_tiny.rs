@@ -44,7 +44,9 @@ fn main() {
         let t = Instant::now();
         emb = sam.image_embeddings(pixels.clone()).expect("shape is right");
         let _ = emb.embedding.clone().into_data();
-        let _ = emb.feat_s0.clone().into_data();
+        if let Some(fine) = &emb.high_res {
+            let _ = fine.feat_s0.clone().into_data();
+        }
         enc.push(t.elapsed().as_secs_f64());
     }
     let mut dec = Vec::new();

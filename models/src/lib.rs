@@ -5,8 +5,10 @@
 //! - `weights`: safetensors loading/saving and checkpoint key tables.
 //! - `sam2`: SAM2 image encoder, prompt encoder, mask decoder.
 //! - `depth`: depth VQ-VAE tokenizer and the Depth Anything V2 teacher.
+//! - `config_json`: defaults for config fields that older files lack.
 //! - `perceptio`: the assembled Perceptio model: added tokens, sequences, heads, losses, training step.
 
+pub mod config_json;
 pub mod depth;
 pub mod internvl;
 pub mod llm;

@@ -192,4 +192,24 @@ fn the_point_from_the_map_needs_the_map_and_reaches_the_mask() {
     assert_eq!(map_a, map_b, "the map does not depend on the point");
     let change = with_point.iter().zip(&without).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(change > 1e-4, "the point prompt did not reach the mask (max change {change})");
+    // the point is the map's soft arg-max in SAM2 input pixels: SAM2 prompted by hand with the [SEG] projection
+    // and that point, plus the map, gives the same logits
+    use perceptio_models::perceptio::model::soft_argmax_point;
+    use perceptio_models::sam2::Prompts;
+    let map = Tensor::<4>::from_data(burn::tensor::TensorData::new(map_a.clone(), [2, 1, 32, 32]), &device);
+    let point = soft_argmax_point(map.clone(), 128); // [2, 1, 1, 2]
+    let sparse = seg.text_hidden_fcs.forward(seg_hidden.clone()); // [2, C]
+    let c = sparse.dims()[1];
+    let sparse = sparse.reshape([2, 1, 1, c]);
+    let prompts = Prompts {
+        points: Some((point, Tensor::<3>::ones([2, 1, 1], &device))),
+        sparse: Some(sparse),
+        ..Prompts::default()
+    };
+    let image = seg.sam2.embeddings_from_levels(seg.encode(pixels.clone()).unwrap());
+    let by_hand =
+        seg.sam2.predict(&image, &prompts, false).unwrap().masks.reshape([2, 32, 32]) + map.reshape([2, 32, 32]);
+    let by_hand = by_hand.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+    let off = with_point.iter().zip(&by_hand).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(off < 1e-4, "the mask differs from SAM2 prompted at the map's soft arg-max by {off}");
 }

@@ -77,8 +77,9 @@ fn image_encoder_matches_transformers() {
         check(&format!("fpn level {i}"), f, io.get(&format!("fpn_{i}")));
     }
     let emb = sam.image_embeddings(pixels).unwrap();
-    check("feat_s0", emb.feat_s0, io.get("image_embeddings_0"));
-    check("feat_s1", emb.feat_s1, io.get("image_embeddings_1"));
+    let fine = emb.high_res.expect("transformers' SAM2 uses the high-resolution features");
+    check("feat_s0", fine.feat_s0, io.get("image_embeddings_0"));
+    check("feat_s1", fine.feat_s1, io.get("image_embeddings_1"));
     check("image embedding", emb.embedding, io.get("image_embeddings_2"));
     check("image positional embedding", sam.image_positional_embeddings(), io.get("image_positional_embeddings"));
 }

@@ -42,8 +42,8 @@ impl KvCache {
     /// the additive attention bias `[batch, 1, new, slots + new]` (0 = visible, -1e30 =
     /// masked: future slots and padding; a padding query sees itself so no row is empty).
     ///
-    /// `placed` (`[batch][new]`) gives the new tokens' positions instead of the count of real tokens; the next
-    /// count then follows the highest real position placed.
+    /// `placed` (`[batch][new]`; any other shape is a caller's bug and panics) gives the new tokens' positions
+    /// instead of the count of real tokens; the next count then follows the highest real position placed.
     pub(crate) fn advance(
         &mut self,
         new_pad: &[Vec<bool>],
@@ -52,7 +52,7 @@ impl KvCache {
     ) -> (Vec<Vec<usize>>, Tensor<4>) {
         let b = self.batch();
         let s = new_pad.first().map_or(0, |p| p.len());
-        debug_assert!(
+        assert!(
             placed.is_none_or(|rows| rows.len() == b && rows.iter().all(|row| row.len() == s)),
             "positions must be [batch][new]"
         );
@@ -63,19 +63,10 @@ impl KvCache {
         for (i, pads) in new_pad.iter().enumerate() {
             let mut row_pos = Vec::with_capacity(s);
             for (j, &p) in pads.iter().enumerate() {
-                match placed.and_then(|rows| rows.get(i)).and_then(|row| row.get(j)) {
-                    Some(&at) => {
-                        row_pos.push(at);
-                        if !p {
-                            self.next_pos[i] = self.next_pos[i].max(at + 1);
-                        }
-                    }
-                    None => {
-                        row_pos.push(self.next_pos[i]);
-                        if !p {
-                            self.next_pos[i] += 1;
-                        }
-                    }
+                let at = placed.map_or(self.next_pos[i], |rows| rows[i][j]);
+                row_pos.push(at);
+                if !p {
+                    self.next_pos[i] = self.next_pos[i].max(at + 1);
                 }
             }
             positions.push(row_pos);

@@ -9,6 +9,7 @@ use burn::prelude::*;
 use burn_store::ModuleSnapshot;
 
 use super::model::{ModelError, Perceptio, PerceptioConfig};
+use crate::config_json::fill_missing;
 use crate::weights::{Checkpoint, KeyTable, LoadOptions, load_module, save_module};
 
 pub const CONFIG_FILE: &str = "perceptio.json";
@@ -92,26 +93,6 @@ fn added_fields() -> [(&'static str, serde_json::Value); 7] {
         ("sam2.mask_decoder_config.use_high_res_features", true.into()),
         ("vlm.vision.conv_stem", serde_json::Value::Array(Vec::new())),
     ]
-}
-
-/// Inserts `default` at the dotted `path` of `value` when its parent object exists and the key does not; true when
-/// it did.
-fn fill_missing(value: &mut serde_json::Value, path: &str, default: serde_json::Value) -> bool {
-    let (parents, key) = path.rsplit_once('.').map_or((None, path), |(p, k)| (Some(p), k));
-    let mut node = value;
-    for part in parents.into_iter().flat_map(|p| p.split('.')) {
-        match node.get_mut(part) {
-            Some(child) => node = child,
-            None => return false,
-        }
-    }
-    match node.as_object_mut() {
-        Some(fields) if !fields.contains_key(key) => {
-            fields.insert(key.to_string(), default);
-            true
-        }
-        _ => false,
-    }
 }
 
 /// Writes `perceptio.json`.

@@ -454,12 +454,12 @@ impl SegPart {
         let [b, _] = seg_hidden.dims();
         let fine = levels[0].clone(); // [B', C, 4e, 4e]
         let image: ImageEmbeddings = self.sam2.embeddings_from_levels(levels);
-        let [_, _, e4, _] = image.feat_s0.dims();
+        let side = self.sam2.mask_side();
         let prompt = self.text_hidden_fcs.forward(seg_hidden.clone()); // [B', C]
         let c = prompt.dims()[1];
         let mut prompts = Prompts { sparse: Some(prompt.reshape([b, 1, 1, c])), ..Prompts::default() };
         let map = match &self.seg_grounding {
-            Some(grounding) => Some(self.grounding_map(grounding, seg_hidden, image_hidden, fine, [e4, e4])?),
+            Some(grounding) => Some(self.grounding_map(grounding, seg_hidden, image_hidden, fine, [side, side])?),
             None => None,
         }; // [B', 1, 4e, 4e]
         if let (Some(map), true) = (&map, self.point_from_map) {

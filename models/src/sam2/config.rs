@@ -4,6 +4,7 @@
 use burn::config::Config;
 
 use super::error::Sam2Error;
+use crate::config_json::fill_missing;
 
 /// `vision_config.backbone_config`: the Hiera trunk.
 #[derive(Config, Debug)]
@@ -215,9 +216,7 @@ impl Sam2Config {
         let bad = |e: serde_json::Error| Sam2Error::File { path: path.to_path_buf(), reason: e.to_string() };
         let mut value: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
         // not a transformers field: their configs mean SAM2's default
-        if let Some(decoder) = value.get_mut("mask_decoder_config").and_then(|d| d.as_object_mut()) {
-            decoder.entry("use_high_res_features").or_insert(true.into());
-        }
+        fill_missing(&mut value, "mask_decoder_config.use_high_res_features", true.into());
         let cfg: Self = serde_json::from_value(value).map_err(bad)?;
         cfg.validate()?;
         Ok(cfg)

@@ -112,8 +112,18 @@ pub struct MaskDecoder {
     pub dynamic_multimask_via_stability: bool,
     pub stability_delta: f64,
     pub stability_thresh: f64,
-    /// Whether `conv_s0`/`conv_s1` of the backbone's fine maps join the upscaling (`use_high_res_features`).
+    /// Whether `conv_s0`/`conv_s1` of the backbone's fine maps join the upscaling (`use_high_res_features`; the
+    /// two convolutions stay in the module either way, so every checkpoint has one layout).
     pub use_high_res_features: bool,
+}
+
+/// The backbone's fine maps projected for the mask decoder's upscaling (SAM2's high-resolution features).
+#[derive(Debug, Clone)]
+pub struct HighResFeatures {
+    /// `conv_s0(fpn_0)` `[B, C/8, 4e, 4e]`.
+    pub feat_s0: Tensor<4>,
+    /// `conv_s1(fpn_1)` `[B, C/4, 2e, 2e]`.
+    pub feat_s1: Tensor<4>,
 }
 
 /// Mask decoder output for `B` images x `P` prompts.
@@ -186,7 +196,8 @@ impl MaskDecoder {
     /// - `image_pe` `[1, C, e, e]`: image-wide positional embedding,
     /// - `sparse` `[B, P, T, C]` (None: no sparse tokens, one prompt per image),
     /// - `dense` `[B, C, e, e]`,
-    /// - `high_res` = (`feat_s0` `[B, C/8, 4e, 4e]`, `feat_s1` `[B, C/4, 2e, 2e]`).
+    /// - `high_res`: the fine maps added while upscaling (None: upscaled from the image side alone, as with
+    ///   `use_high_res_features` off).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -194,7 +205,7 @@ impl MaskDecoder {
         image_pe: Tensor<4>,
         sparse: Option<Tensor<4>>,
         dense: Tensor<4>,
-        high_res: (Tensor<4>, Tensor<4>),
+        high_res: Option<&HighResFeatures>,
         multimask: bool,
     ) -> MaskOutput {
         let [b, c, h, w] = image.dims();
@@ -239,9 +250,15 @@ impl MaskDecoder {
         let obj_token = queries.clone().narrow(1, 0, 1).reshape([bp, c]); // [BP, C]
         let image = keys.swap_dims(1, 2).reshape([bp, c, h, w]); // [BP, C, e, e]
         let up = self.upscale_conv1.forward(image); // [BP, C/4, 2e, 2e]
-        let up = if self.use_high_res_features { up + repeat(high_res.1) } else { up };
+        let up = match high_res {
+            Some(f) => up + repeat(f.feat_s1.clone()),
+            None => up,
+        };
         let up = self.upscale_conv2.forward(gelu(layer_norm_2d(&self.upscale_layer_norm, up))); // [BP, C/8, 4e, 4e]
-        let up = gelu(if self.use_high_res_features { up + repeat(high_res.0) } else { up });
+        let up = gelu(match high_res {
+            Some(f) => up + repeat(f.feat_s0.clone()),
+            None => up,
+        });
         let [_, c8, hh, ww] = up.dims();
         let hyper: Vec<Tensor<3>> = self
             .output_hypernetworks_mlps

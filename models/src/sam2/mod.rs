@@ -15,7 +15,7 @@ pub mod prompt;
 pub mod run;
 
 pub use config::{HieraConfig, MaskDecoderConfig, PromptEncoderConfig, Sam2Config, Sam2VisionConfig};
-pub use decoder::MaskOutput;
+pub use decoder::{HighResFeatures, MaskOutput};
 pub use error::Sam2Error;
 pub use model::{ImageEmbeddings, Sam2, preprocess, upsample_masks};
 pub use prompt::Prompts;

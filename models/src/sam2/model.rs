@@ -11,7 +11,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
 use super::config::Sam2Config;
-use super::decoder::{MaskDecoder, MaskOutput};
+use super::decoder::{HighResFeatures, MaskDecoder, MaskOutput};
 use super::error::Sam2Error;
 use super::hiera::Hiera;
 use super::keys;
@@ -45,10 +45,8 @@ pub struct Sam2 {
 /// Image features the decoder needs, computed once per image.
 #[derive(Debug, Clone)]
 pub struct ImageEmbeddings {
-    /// `conv_s0(fpn_0)` `[B, C/8, 4e, 4e]`.
-    pub feat_s0: Tensor<4>,
-    /// `conv_s1(fpn_1)` `[B, C/4, 2e, 2e]`.
-    pub feat_s1: Tensor<4>,
+    /// The fine maps for the upscaling; None when the decoder's `use_high_res_features` is off.
+    pub high_res: Option<HighResFeatures>,
     /// `fpn_2 + no_memory_embedding` `[B, C, e, e]`.
     pub embedding: Tensor<4>,
 }
@@ -115,16 +113,25 @@ impl Sam2 {
     }
 
     /// FPN maps -> decoder inputs: the mask decoder's high-resolution projections (`conv_s0`, `conv_s1`, part of
-    /// the decoder and so trainable with it) and the lowest level plus the no-memory embedding.
+    /// the decoder and so trainable with it; only when it uses them) and the lowest level plus the no-memory
+    /// embedding.
     pub fn embeddings_from_levels(&self, levels: [Tensor<4>; 3]) -> ImageEmbeddings {
         let [f0, f1, f2] = levels;
         let c = f2.dims()[1];
         let no_mem = self.no_memory_embedding.val().reshape([1, c, 1, 1]); // [1, C, 1, 1]
+        let decoder = &self.mask_decoder;
         ImageEmbeddings {
-            feat_s0: self.mask_decoder.conv_s0.forward(f0), // [B, C/8, 4e, 4e]
-            feat_s1: self.mask_decoder.conv_s1.forward(f1), // [B, C/4, 2e, 2e]
-            embedding: f2 + no_mem,                         // [B, C, e, e]
+            high_res: decoder.use_high_res_features.then(|| HighResFeatures {
+                feat_s0: decoder.conv_s0.forward(f0), // [B, C/8, 4e, 4e]
+                feat_s1: decoder.conv_s1.forward(f1), // [B, C/4, 2e, 2e]
+            }),
+            embedding: f2 + no_mem, // [B, C, e, e]
         }
+    }
+
+    /// Side of the mask logits, `4e` (four times the image embedding's side).
+    pub fn mask_side(&self) -> usize {
+        4 * self.prompt_encoder.embedding_size
     }
 
     /// Dense positional embedding of the image grid `[1, C, e, e]`.
@@ -179,7 +186,7 @@ impl Sam2 {
             self.image_positional_embeddings(),
             sparse,
             dense,
-            (image.feat_s0.clone(), image.feat_s1.clone()),
+            image.high_res.as_ref(),
             multimask,
         ))
     }
@@ -235,6 +242,7 @@ mod tests {
     use burn::tensor::{Device, Tensor};
 
     use super::super::config::Sam2Config;
+    use super::super::decoder::HighResFeatures;
     use super::super::prompt::Prompts;
     use super::ImageEmbeddings;
 
@@ -264,34 +272,37 @@ mod tests {
         assert!(far > 0.1, "a point three cells away embeds like this cell ({far})");
     }
 
-    /// With `use_high_res_features` off, the mask comes from the prompted image embedding alone: zeroing the fine
-    /// maps changes nothing. With it on (SAM2's default), the same change moves the mask.
+    /// With `use_high_res_features` off, the fine maps are not projected and the mask comes from the prompted image
+    /// embedding alone. With it on (SAM2's default), zeroing them moves the mask.
     #[test]
     fn without_high_res_features_the_fine_maps_do_not_reach_the_mask() {
         let device = Device::flex();
         let pixels = Tensor::<4>::random([1, 3, 128, 128], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let coords = Tensor::<4>::from_data([[[[40.0f32, 70.0]]]], &device); // [1, 1, 1, 2]
         let prompts = Prompts { points: Some((coords, Tensor::<3>::ones([1, 1, 1], &device))), ..Prompts::default() };
-        for on in [true, false] {
-            let mut cfg = Sam2Config::tiny();
-            cfg.mask_decoder_config.use_high_res_features = on;
-            device.seed(11);
-            let sam = cfg.init(&device).unwrap();
-            let image = sam.image_embeddings(pixels.clone()).unwrap();
-            let zeroed = ImageEmbeddings {
-                feat_s0: image.feat_s0.clone().zeros_like(),
-                feat_s1: image.feat_s1.clone().zeros_like(),
-                embedding: image.embedding.clone(),
-            };
-            let a = host(sam.predict(&image, &prompts, false).unwrap().masks); // [1, 1, 1, 32, 32]
-            let b = host(sam.predict(&zeroed, &prompts, false).unwrap().masks);
-            let change = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-            if on {
-                assert!(change > 1e-4, "the fine maps did not reach the mask (max change {change})");
-            } else {
-                assert_eq!(change, 0.0, "the fine maps reached the mask with high-res features off");
-            }
-        }
+        let mut cfg = Sam2Config::tiny();
+        device.seed(11);
+        let sam = cfg.init(&device).unwrap();
+        let image = sam.image_embeddings(pixels.clone()).unwrap();
+        let fine = image.high_res.clone().expect("on by default");
+        let zeroed = ImageEmbeddings {
+            high_res: Some(HighResFeatures { feat_s0: fine.feat_s0.zeros_like(), feat_s1: fine.feat_s1.zeros_like() }),
+            embedding: image.embedding.clone(),
+        };
+        let a = host(sam.predict(&image, &prompts, false).unwrap().masks); // [1, 1, 1, 32, 32]
+        let b = host(sam.predict(&zeroed, &prompts, false).unwrap().masks);
+        let change = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(change > 1e-4, "the fine maps did not reach the mask (max change {change})");
+        assert_eq!(a.len(), sam.mask_side() * sam.mask_side());
+
+        cfg.mask_decoder_config.use_high_res_features = false;
+        device.seed(11);
+        let sam = cfg.init(&device).unwrap();
+        let image = sam.image_embeddings(pixels).unwrap();
+        assert!(image.high_res.is_none(), "the fine maps are not projected when the decoder does not use them");
+        let masks = host(sam.predict(&image, &prompts, false).unwrap().masks);
+        assert_eq!(masks.len(), sam.mask_side() * sam.mask_side());
+        assert!(masks.iter().all(|v| v.is_finite()));
     }
 
     /// The Fourier matrix is a fixed buffer: a loss through both embeddings leaves it without a gradient.
